@@ -1,0 +1,3 @@
+from pushbase.cli import app
+
+app(prog_name="pushbase")

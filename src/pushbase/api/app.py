@@ -1,0 +1,63 @@
+"""The ASGI application: routers, error envelope, and the store and workers' life cycle."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from pushbase import __version__
+from pushbase.api import datasets, errors, jobs, keys, records, system
+from pushbase.api.deps import Services
+from pushbase.auth import Scope
+from pushbase.jobs import JobRunner
+from pushbase.settings import Settings
+from pushbase.storage import open_store
+
+log = logging.getLogger("pushbase")
+
+
+def bootstrap_admin_key(svc: Services) -> str | None:
+    """On an empty store with no PUSHBASE_ADMIN_KEY, create an admin key and return it once."""
+    if svc.settings.admin_key or svc.store.list_keys():
+        return None
+    secret = keys.create_key(svc, "bootstrap admin", [Scope.admin], None)[1]
+    return secret
+
+
+def create_app(settings: Settings | None = None, workers: int | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = open_store(settings)
+        await run_in_threadpool(store.open)
+        runner = JobRunner(store, settings)
+        svc = Services(settings=settings, store=store, runner=runner)
+        app.state.services = svc
+        secret = await run_in_threadpool(bootstrap_admin_key, svc)
+        if secret:
+            print(
+                f"\npushbase: created an admin API key (shown only now):\n\n    {secret}\n",
+                flush=True,
+            )
+        runner.start(settings.workers if workers is None else workers)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(runner.stop)
+            store.close()
+
+    app = FastAPI(
+        title="pushbase",
+        version=__version__,
+        summary="Push data into managed, typed datasets over HTTP.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for module in (datasets, records, jobs, keys, system):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,87 @@
+"""Request dependencies: the server's parts and the caller's key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from pushbase.auth import ENV_ADMIN, ApiKey, Scope, hash_key, matches
+from pushbase.errors import PushbaseError, not_found
+from pushbase.jobs import JobRunner
+from pushbase.schema import Dataset, check_dataset_id
+from pushbase.settings import Settings
+from pushbase.storage import Store
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    runner: JobRunner
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(services)]
+
+
+def _presented_key(x_api_key: str | None, authorization: str | None) -> str | None:
+    if x_api_key:
+        return x_api_key.strip()
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return None
+
+
+def authenticate(
+    svc: ServicesDep,
+    x_api_key: Annotated[str | None, Header(description="API key")] = None,
+    authorization: Annotated[str | None, Header(description="Bearer API key")] = None,
+) -> ApiKey:
+    secret = _presented_key(x_api_key, authorization)
+    if secret is None:
+        raise PushbaseError(
+            "unauthorized",
+            "send an API key in x-api-key or Authorization: Bearer",
+            401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    admin = svc.settings.admin_key
+    if admin and matches(secret, hash_key(admin)):
+        return ENV_ADMIN
+    key = svc.store.find_key(hash_key(secret))
+    if key is None:
+        raise PushbaseError(
+            "invalid_key", "this API key is not valid", 401, headers={"WWW-Authenticate": "Bearer"}
+        )
+    return key
+
+
+KeyDep = Annotated[ApiKey, Depends(authenticate)]
+
+
+def require(*scopes: Scope):
+    """A dependency that checks the caller's key holds one of `scopes`."""
+
+    def check(key: KeyDep) -> ApiKey:
+        if not any(key.allows(scope) for scope in scopes):
+            key.check(scopes[0])
+        return key
+
+    return Depends(check)
+
+
+def dataset_for(svc: Services, key: ApiKey, dataset_id: str, scope: Scope) -> Dataset:
+    """The dataset if the key may use it with `scope`; 404 when it does not exist."""
+    check_dataset_id(dataset_id)
+    key.check(scope, dataset_id)
+    dataset = svc.store.get_dataset(dataset_id)
+    if dataset is None:
+        raise not_found("dataset", dataset_id)
+    return dataset

@@ -1,0 +1,255 @@
+"""Records → columns → coerced Arrow table, with per-row errors (DESIGN §1–§2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pushbase.decode.coerce import coerce_column
+from pushbase.decode.formats import PayloadFormat, inflate, parse_csv, parse_json, parse_ndjson
+from pushbase.infer import infer_type
+from pushbase.schema import Column, Dataset, UnknownFields, WriteMethod
+
+ROW_COLUMN = "__row"  # payload index of each row, carried next to the data
+
+
+@dataclass
+class RowError:
+    row: int
+    column: str | None
+    code: str
+    message: str
+    value: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "row": self.row,
+            "column": self.column,
+            "code": self.code,
+            "message": self.message,
+            "value": self.value,
+        }
+
+
+@dataclass
+class DecodedBatch:
+    """The valid rows of one payload, typed, ready for a store to write.
+
+    `table` holds the dataset columns that the payload mentions plus `__row`.
+    `present[name]` is set for upserts when some records omit `name`: True where
+    the record carried the field (absent fields keep the stored value).
+    """
+
+    table: pa.Table
+    present: dict[str, pa.Array]
+    errors: list[RowError]
+    received: int
+    ignored_fields: int = 0
+    new_columns: list[Column] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return len({e.row for e in self.errors})
+
+
+def decode_payload(
+    data: bytes,
+    fmt: PayloadFormat,
+    gzip: bool,
+    dataset: Dataset,
+    method: WriteMethod,
+    max_inflated: int,
+) -> DecodedBatch:
+    if method is WriteMethod.upsert and not dataset.unique_key:
+        method = WriteMethod.insert  # upsert appends without a key: nothing to merge with
+    if gzip:
+        data = inflate(data, max_inflated)
+    if fmt is PayloadFormat.csv:
+        table = parse_csv(data)
+        raw = {name: table.column(name).combine_chunks() for name in table.column_names}
+        return _build(raw, {}, table.num_rows, [], dataset, method)
+    records = parse_json(data) if fmt is PayloadFormat.json else parse_ndjson(data)
+    return _from_records(records, dataset, method)
+
+
+def _from_records(records: list[Any], dataset: Dataset, method: WriteMethod) -> DecodedBatch:
+    errors: list[RowError] = []
+    objects = [r if isinstance(r, dict) else None for r in records]
+    if None in objects:
+        for row, record in enumerate(records):
+            if not isinstance(record, dict):
+                errors.append(
+                    RowError(
+                        row, None, "not_an_object", "each record must be a JSON object", record
+                    )
+                )
+    raw: dict[str, list[Any]] = {}
+    unknown: dict[str, list[Any]] = {}
+    _split_fields(objects, "", dataset, raw, unknown)
+    present: dict[str, pa.Array] = {}
+    if method is WriteMethod.upsert:
+        for name in raw:
+            if None in raw[name]:
+                present[name] = _presence(objects, name)
+    return _build(raw, present, len(records), errors, dataset, method, unknown)
+
+
+_ABSENT = object()
+
+
+def _split_fields(
+    objects: list[dict[str, Any] | None],
+    prefix: str,
+    dataset: Dataset,
+    raw: dict[str, list[Any]],
+    unknown: dict[str, list[Any]],
+) -> None:
+    """Sort each field path into dataset columns (`raw`) or unknown fields.
+
+    Works a column at a time: one list per field, no loop over a record's fields.
+    """
+    keys = set().union(*(o for o in objects if o is not None))
+    for key in sorted(keys):
+        path = f"{prefix}{key}"
+        values = [o.get(key) if o is not None else None for o in objects]
+        if dataset.column(path) is not None:
+            raw[path] = values
+            continue
+        nested = [v if isinstance(v, dict) else None for v in values]
+        has_children = any(c.name.startswith(f"{path}.") for c in dataset.columns)
+        if has_children or any(v is not None for v in nested):
+            _split_fields(nested, f"{path}.", dataset, raw, unknown)
+            leftovers = [None if isinstance(v, dict) else v for v in values]
+            if any(v is not None for v in leftovers):
+                unknown[path] = leftovers
+        else:
+            unknown[path] = values
+
+
+def _presence(objects: list[dict[str, Any] | None], path: str) -> pa.Array:
+    """True where the record carries the (possibly nested) field, even as null."""
+    parts = path.split(".")
+    mask = []
+    for obj in objects:
+        node: Any = obj
+        for part in parts:
+            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+        mask.append(node is not _ABSENT)
+    return pa.array(mask, pa.bool_())
+
+
+def _build(
+    raw: dict[str, Any],
+    present: dict[str, pa.Array],
+    received: int,
+    errors: list[RowError],
+    dataset: Dataset,
+    method: WriteMethod,
+    unknown: dict[str, list[Any]] | None = None,
+) -> DecodedBatch:
+    unknown = dict(unknown or {})
+    if isinstance(next(iter(raw.values()), None), pa.Array):
+        # CSV: every header cell that is not a column is an unknown field.
+        for name in [n for n in raw if dataset.column(n) is None]:
+            unknown[name] = raw.pop(name).to_pylist()
+    ignored = 0
+    new_columns: list[Column] = []
+    keyed = set(dataset.unique_key)
+    if method is WriteMethod.delete:
+        # Only the key matters; other fields are ignored, never rejected.
+        raw = {k: v for k, v in raw.items() if k in keyed}
+        unknown = {}
+    elif unknown:
+        policy = dataset.unknown_fields
+        if policy is UnknownFields.reject:
+            for name, values in unknown.items():
+                for row, value in enumerate(values):
+                    if value is not None:
+                        message = f"field {name!r} is not a column of this dataset"
+                        errors.append(RowError(row, name, "unknown_column", message, value))
+        elif policy is UnknownFields.ignore:
+            ignored = sum(sum(v is not None for v in values) for values in unknown.values())
+        else:
+            for name, values in unknown.items():
+                column = Column(name=name, type=infer_type(values))
+                new_columns.append(column)
+                raw[name] = values
+    columns = {c.name: c for c in [*dataset.columns, *new_columns]}
+    arrays: dict[str, pa.Array] = {}
+    for name, values in raw.items():
+        column = columns[name]
+        result = coerce_column(values, column)
+        arrays[name] = result.array
+        for row, code, message in result.errors:
+            errors.append(RowError(row, name, code, message, _value_at(values, row)))
+    _check_required(arrays, present, received, dataset, method, errors, columns)
+    rejected = sorted({e.row for e in errors})
+    table = pa.table(
+        {**arrays, ROW_COLUMN: pa.array(range(received), pa.int64())}
+        if arrays
+        else {ROW_COLUMN: pa.array(range(received), pa.int64())}
+    )
+    if rejected:
+        keep = pc.invert(pc.is_in(table.column(ROW_COLUMN), pa.array(rejected, pa.int64())))
+        table = table.filter(keep)
+        present = {name: mask.filter(keep.combine_chunks()) for name, mask in present.items()}
+    errors.sort(key=lambda e: (e.row, e.column or ""))
+    return DecodedBatch(table, present, errors, received, ignored, new_columns)
+
+
+def _value_at(values: Any, row: int) -> Any:
+    value = values[row]
+    return value.as_py() if isinstance(value, pa.Scalar) else value
+
+
+def _check_required(
+    arrays: dict[str, pa.Array],
+    present: dict[str, pa.Array],
+    received: int,
+    dataset: Dataset,
+    method: WriteMethod,
+    errors: list[RowError],
+    columns: dict[str, Column],
+) -> None:
+    """Key columns must be given and non-null; non-nullable columns never null.
+
+    For upsert an absent non-key field is fine (the stored value stays); a new
+    row missing one is caught by the store, which alone knows which keys exist.
+    """
+    for name in dataset.unique_key:
+        array = arrays.get(name)
+        if array is None:
+            for row in range(received):
+                errors.append(RowError(row, name, "missing_key", f"key column {name!r} is missing"))
+        elif array.null_count:
+            already = {e.row for e in errors if e.column == name}
+            for row in pc.indices_nonzero(array.is_null()).to_pylist():
+                if row not in already:
+                    message = f"key column {name!r} is missing or null"
+                    errors.append(RowError(row, name, "missing_key", message))
+    if method is WriteMethod.delete:
+        return
+    for column in columns.values():
+        if column.nullable or column.name in dataset.unique_key:
+            continue
+        array = arrays.get(column.name)
+        if array is None:
+            if method is not WriteMethod.upsert:
+                for row in range(received):
+                    message = f"column {column.name!r} is required"
+                    errors.append(RowError(row, column.name, "missing_value", message))
+            continue
+        if not array.null_count:
+            continue
+        nulls = array.is_null()
+        mask = present.get(column.name)
+        if mask is not None:  # absent is allowed on upsert, explicit null is not
+            nulls = pc.and_(nulls, mask)
+        failed_rows = {e.row for e in errors if e.column == column.name}
+        for row in pc.indices_nonzero(nulls).to_pylist():
+            if row not in failed_rows:
+                message = f"column {column.name!r} may not be null"
+                errors.append(RowError(row, column.name, "null_not_allowed", message))

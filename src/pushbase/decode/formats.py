@@ -1,0 +1,195 @@
+"""Payload bytes → records: content types, gzip, JSON, NDJSON and CSV parsing.
+
+JSON and NDJSON become a list of Python objects (orjson, in C); CSV becomes an
+Arrow table of strings (pyarrow's reader, in C). Nothing here knows a schema.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import zlib
+from enum import StrEnum
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from pushbase.errors import PushbaseError
+
+CSV_DELIMITERS = (",", ";", "\t", "|")
+_BOM = b"\xef\xbb\xbf"
+
+
+class PayloadFormat(StrEnum):
+    json = "json"
+    ndjson = "ndjson"
+    csv = "csv"
+
+
+_MEDIA_TYPES = {
+    "application/json": PayloadFormat.json,
+    "text/json": PayloadFormat.json,
+    "application/x-ndjson": PayloadFormat.ndjson,
+    "application/ndjson": PayloadFormat.ndjson,
+    "application/jsonl": PayloadFormat.ndjson,
+    "application/x-jsonlines": PayloadFormat.ndjson,
+    "text/csv": PayloadFormat.csv,
+    "application/csv": PayloadFormat.csv,
+}
+
+
+def invalid_payload(message: str, **details: Any) -> PushbaseError:
+    return PushbaseError("invalid_payload", message, 400, details)
+
+
+def format_for(content_type: str | None) -> PayloadFormat:
+    """The payload format named by a Content-Type header (JSON when absent)."""
+    if not content_type:
+        return PayloadFormat.json
+    media = content_type.split(";", 1)[0].strip().lower()
+    found = _MEDIA_TYPES.get(media)
+    if found is None:
+        raise PushbaseError(
+            "unsupported_media_type",
+            f"content type {media!r} is not accepted; use one of {sorted(_MEDIA_TYPES)}",
+            415,
+        )
+    return found
+
+
+def is_gzip(content_encoding: str | None) -> bool:
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return False
+    if encoding in ("gzip", "x-gzip"):
+        return True
+    raise PushbaseError(
+        "unsupported_encoding", f"content encoding {encoding!r} is not accepted (gzip only)", 415
+    )
+
+
+class Inflater:
+    """Streams gzip through a size limit; used by the request path to judge a body cheaply."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self._z = zlib.decompressobj(wbits=31)
+        self._started = False
+
+    def feed(self, chunk: bytes, keep: bool = True) -> bytes:
+        out = bytearray()
+        data = chunk
+        while data:
+            try:
+                piece = self._z.decompress(data, 1 << 20)
+            except zlib.error as exc:
+                raise invalid_payload(f"gzip body is corrupt: {exc}") from exc
+            self._started = True
+            self.size += len(piece)
+            if self.size > self.limit:
+                raise PushbaseError(
+                    "payload_too_large",
+                    f"decompressed body exceeds {self.limit} bytes",
+                    413,
+                    {"max_inflated_bytes": self.limit},
+                )
+            if keep:
+                out += piece
+            data = self._z.unconsumed_tail
+            if self._z.eof and self._z.unused_data:
+                # Concatenated gzip members are valid gzip: start the next one.
+                data = self._z.unused_data + data
+                self._z = zlib.decompressobj(wbits=31)
+        return bytes(out)
+
+    def finish(self) -> None:
+        if not self._z.eof:
+            raise invalid_payload("gzip body is truncated")
+
+
+def inflate(data: bytes, limit: int) -> bytes:
+    inflater = Inflater(limit)
+    out = inflater.feed(data)
+    inflater.finish()
+    return out
+
+
+def parse_json(data: bytes) -> list[Any]:
+    """A JSON array, or an object holding the array under `data` or `rows`."""
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise invalid_payload(f"body is not valid JSON: {exc}") from exc
+    if isinstance(document, list):
+        return document
+    if isinstance(document, dict):
+        for field in ("data", "rows"):
+            if field in document:
+                records = document[field]
+                if not isinstance(records, list):
+                    raise invalid_payload(f"{field!r} must be an array of records")
+                return records
+        return [document]  # one record on its own
+    raise invalid_payload(
+        'body must be a JSON array of records, one record, or {"data": [...]} / {"rows": [...]}'
+    )
+
+
+def parse_ndjson(data: bytes) -> list[Any]:
+    records: list[Any] = []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(orjson.loads(line))
+        except orjson.JSONDecodeError as exc:
+            raise invalid_payload(f"line {number} is not valid JSON: {exc}", line=number) from exc
+    return records
+
+
+def sniff_delimiter(header: str) -> str:
+    """The candidate that splits the header line into the most fields, outside quotes."""
+    best, best_count = ",", 0
+    for delimiter in CSV_DELIMITERS:
+        fields = next(csv.reader([header], delimiter=delimiter), [])
+        if len(fields) - 1 > best_count:
+            best, best_count = delimiter, len(fields) - 1
+    return best
+
+
+def parse_csv(data: bytes, delimiter: str | None = None) -> pa.Table:
+    """A CSV with a header row → an Arrow table of strings (empty unquoted cell = null)."""
+    if data.startswith(_BOM):
+        data = data[len(_BOM) :]
+    first_line_end = data.find(b"\n")
+    header_bytes = data if first_line_end < 0 else data[:first_line_end]
+    try:
+        header = header_bytes.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError as exc:
+        raise invalid_payload("CSV header is not valid UTF-8") from exc
+    if not header.strip():
+        raise invalid_payload("CSV body needs a header row")
+    delimiter = delimiter or sniff_delimiter(header)
+    names = next(csv.reader([header], delimiter=delimiter))
+    if any(not name for name in names):
+        raise invalid_payload("CSV header has an empty column name")
+    if len(set(names)) != len(names):
+        raise invalid_payload("CSV header repeats a column name")
+    try:
+        return pacsv.read_csv(
+            io.BytesIO(data),
+            read_options=pacsv.ReadOptions(use_threads=False),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in names},
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+                null_values=[""],
+                check_utf8=True,
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise invalid_payload(f"CSV cannot be read: {exc}") from exc

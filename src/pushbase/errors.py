@@ -1,0 +1,38 @@
+"""The one error type every layer raises; the HTTP layer turns it into the envelope.
+
+`{"error": {"code": "...", "message": "...", "details": {...}}}` with `status` as the
+HTTP status (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PushbaseError(Exception):
+    """A failure with a machine-readable `code`, a human `message` and an HTTP status."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        status: int = 400,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.details = details or {}
+        self.headers = headers or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return {"error": body}
+
+
+def not_found(what: str, ident: str) -> PushbaseError:
+    return PushbaseError(f"{what}_not_found", f"{what} {ident!r} does not exist", 404)

@@ -1,0 +1,103 @@
+"""The job document of DESIGN §3 and its life cycle."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from pushbase.schema import WriteMethod
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+class JobPhase(StrEnum):
+    decoding = "decoding"
+    writing = "writing"
+
+
+class JobStats(BaseModel):
+    received: int = 0
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    not_found: int = 0
+    failed: int = 0
+    ignored_fields: int = 0
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+def new_job_id() -> str:
+    return f"job_{secrets.token_hex(10)}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Job(BaseModel):
+    """One accepted push. Fields after `error` are internal and never shown."""
+
+    id: str = Field(default_factory=new_job_id)
+    dataset_id: str
+    method: WriteMethod
+    status: JobStatus = JobStatus.queued
+    phase: JobPhase | None = None
+    progress: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    bytes: int = 0
+    source: str = "v1"
+    idempotency_key: str | None = None
+    stats: JobStats = Field(default_factory=JobStats)
+    errors: list[dict[str, Any]] = Field(default_factory=list)
+    errors_total: int = 0
+    error: JobError | None = None
+
+    # internal
+    seq: int = 0
+    payload_hash: str | None = None
+    content_type: str | None = None
+    content_encoding: str | None = None
+    atomic: bool = False
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def duration_ms(self) -> int | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return int((self.finished_at - self.started_at).total_seconds() * 1000)
+
+    def document(self) -> dict[str, Any]:
+        """The public job document (DESIGN §3)."""
+        doc = self.model_dump(
+            mode="json",
+            exclude={
+                "seq",
+                "payload_hash",
+                "content_type",
+                "content_encoding",
+                "atomic",
+                "options",
+            },
+        )
+        doc["duration_ms"] = self.duration_ms
+        return doc

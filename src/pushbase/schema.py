@@ -1,0 +1,175 @@
+"""Datasets and columns: the types of DESIGN §1 and the naming rules.
+
+Everything here is plain data; storage backends and the decoder read it, nobody
+else defines what a column is.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pushbase.errors import PushbaseError
+
+DATASET_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+MAX_COLUMN_NAME = 128
+MAX_COLUMNS = 1000
+
+
+class ColumnType(StrEnum):
+    string = "string"
+    integer = "integer"
+    number = "number"
+    boolean = "boolean"
+    date = "date"
+    datetime = "datetime"
+    json = "json"
+
+
+class UnknownFields(StrEnum):
+    reject = "reject"
+    ignore = "ignore"
+    evolve = "evolve"
+
+
+class WriteMethod(StrEnum):
+    insert = "insert"
+    upsert = "upsert"
+    replace = "replace"
+    delete = "delete"
+    delete_all = "delete_all"
+
+
+def check_dataset_id(value: str) -> str:
+    if not isinstance(value, str) or not DATASET_ID_RE.match(value):
+        raise PushbaseError(
+            "invalid_dataset_id",
+            "dataset id must match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+            400,
+            {"id": value if isinstance(value, str) else repr(value)},
+        )
+    return value
+
+
+def check_column_name(value: str) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_COLUMN_NAME:
+        raise PushbaseError(
+            "invalid_column_name",
+            f"column names must be 1 to {MAX_COLUMN_NAME} characters",
+            400,
+            {"column": value if isinstance(value, str) else repr(value)},
+        )
+    if _CONTROL_RE.search(value):
+        raise PushbaseError(
+            "invalid_column_name",
+            "column names may not contain control characters",
+            400,
+            {"column": value},
+        )
+    return value
+
+
+class Column(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+
+    name: str
+    type: ColumnType = ColumnType.string
+    nullable: bool = True
+    format: str | None = Field(
+        default=None, description="for date/datetime: a strftime pattern, `epoch_s` or `epoch_ms`"
+    )
+    description: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_column_name(value)
+
+    @model_validator(mode="after")
+    def _format_only_for_dates(self) -> Column:
+        if self.format is not None and self.type not in (ColumnType.date, ColumnType.datetime):
+            raise PushbaseError(
+                "invalid_column",
+                f"column {self.name!r}: format applies to date and datetime columns only",
+                400,
+            )
+        if self.format == "" or (self.format is not None and len(self.format) > 64):
+            raise PushbaseError("invalid_column", f"column {self.name!r}: bad format", 400)
+        return self
+
+
+def check_columns(columns: list[Column], unique_key: list[str]) -> list[Column]:
+    """Apply the dataset-level rules: unique names (case-insensitive), a valid key."""
+    if len(columns) > MAX_COLUMNS:
+        raise PushbaseError("too_many_columns", f"at most {MAX_COLUMNS} columns", 400)
+    seen: dict[str, str] = {}
+    for column in columns:
+        folded = column.name.casefold()
+        if folded in seen:
+            raise PushbaseError(
+                "duplicate_column",
+                f"column {column.name!r} clashes with {seen[folded]!r} (names are case-insensitive)",
+                400,
+                {"column": column.name},
+            )
+        seen[folded] = column.name
+    by_name = {c.name: c for c in columns}
+    if len(set(unique_key)) != len(unique_key):
+        raise PushbaseError("invalid_unique_key", "unique_key repeats a column", 400)
+    for name in unique_key:
+        column = by_name.get(name)
+        if column is None:
+            raise PushbaseError(
+                "invalid_unique_key",
+                f"unique_key names {name!r}, which is not a column",
+                400,
+                {"column": name},
+            )
+        if column.type is ColumnType.json:
+            raise PushbaseError(
+                "invalid_unique_key",
+                f"json column {name!r} cannot be part of the unique key",
+                400,
+                {"column": name},
+            )
+        column.nullable = False
+    return columns
+
+
+DatasetId = Annotated[str, Field(pattern=DATASET_ID_RE.pattern)]
+
+
+class Dataset(BaseModel):
+    """The catalog entry of one dataset; `row_count` is filled in when shown."""
+
+    id: str
+    name: str
+    description: str | None = None
+    columns: list[Column]
+    unique_key: list[str] = []
+    unknown_fields: UnknownFields = UnknownFields.reject
+    row_count: int | None = None
+    created_at: datetime
+    updated_at: datetime
+
+    def column(self, name: str) -> Column | None:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        return None
+
+    def find_column(self, name: str) -> Column | None:
+        """Look a column up case-insensitively, as names are unique that way."""
+        folded = name.casefold()
+        for column in self.columns:
+            if column.name.casefold() == folded:
+                return column
+        return None
+
+    def public(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")

@@ -1,0 +1,42 @@
+"""Every PUSHBASE_* setting in one typed object, read from the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PUSHBASE_", extra="ignore")
+
+    data_dir: Path = Field(Path("./pushbase-data"), description="embedded store and payload spool")
+    database_url: str | None = Field(None, description="postgresql://... for the PostgreSQL store")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    admin_key: str | None = Field(
+        None, description="an admin key accepted in addition to stored keys"
+    )
+    public_url: str | None = Field(None, description="base URL shown in instructions")
+
+    workers: int = Field(2, ge=0, description="job worker threads in this process")
+    max_body_bytes: int = 50 * MIB
+    max_inflated_bytes: int = 512 * MIB
+    max_sync_rows: int = 1000
+    queue_max_bytes: int = 1024 * MIB
+    optimal_batch_bytes: int = 1 * MIB
+    max_wait_seconds: float = 60.0
+    job_retention_seconds: int = 7 * 24 * 3600
+    idempotency_window_seconds: int = 24 * 3600
+    max_row_errors: int = 100
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def duckdb_path(self) -> Path:
+        return self.data_dir / "pushbase.duckdb"

@@ -1,0 +1,150 @@
+"""The Store interface that every backend implements.
+
+A store owns the catalog (datasets, keys, jobs), the payloads of unfinished
+jobs and the dataset tables. The job runner and the HTTP layer talk only to
+this interface.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pushbase.auth import ApiKey
+from pushbase.decode import DecodedBatch, RowError
+from pushbase.jobs.model import Job, JobError, JobPhase, JobStats, JobStatus
+from pushbase.schema import Column, Dataset
+
+
+@dataclass
+class WriteResult:
+    """What a store's write did, beyond what decoding already knew."""
+
+    stats: JobStats
+    errors: list[RowError] = field(default_factory=list)  # found at write time (duplicate_key…)
+
+
+@dataclass
+class RowQuery:
+    limit: int = 100
+    offset: int = 0
+    order_by: list[tuple[str, bool]] = field(default_factory=list)  # (column, descending)
+    filters: dict[str, Any] = field(default_factory=dict)  # column → coerced value
+
+
+class Store(ABC):
+    # life cycle -------------------------------------------------------
+    @abstractmethod
+    def open(self) -> None:
+        """Connect and migrate the catalog to the current schema version."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def ping(self) -> bool: ...
+
+    # datasets ---------------------------------------------------------
+    @abstractmethod
+    def create_dataset(self, dataset: Dataset) -> None:
+        """Create catalog entry and typed table; `dataset_exists` if the id is taken."""
+
+    @abstractmethod
+    def get_dataset(self, dataset_id: str) -> Dataset | None: ...
+
+    @abstractmethod
+    def list_datasets(self) -> list[Dataset]: ...
+
+    @abstractmethod
+    def update_dataset(self, dataset: Dataset, add_columns: list[Column]) -> None: ...
+
+    @abstractmethod
+    def drop_dataset(self, dataset_id: str) -> bool: ...
+
+    @abstractmethod
+    def row_count(self, dataset_id: str) -> int: ...
+
+    # rows -------------------------------------------------------------
+    @abstractmethod
+    def read_rows(self, dataset: Dataset, query: RowQuery) -> tuple[pa.Table, int]:
+        """A page of rows and the total number of rows matching the filters."""
+
+    @abstractmethod
+    def export_batches(self, dataset: Dataset) -> Iterator[pa.RecordBatch]: ...
+
+    # keys -------------------------------------------------------------
+    @abstractmethod
+    def add_key(self, key: ApiKey) -> None: ...
+
+    @abstractmethod
+    def find_key(self, key_hash: str) -> ApiKey | None: ...
+
+    @abstractmethod
+    def list_keys(self) -> list[ApiKey]: ...
+
+    @abstractmethod
+    def revoke_key(self, key_id: str) -> bool: ...
+
+    # jobs -------------------------------------------------------------
+    @abstractmethod
+    def incoming_path(self) -> Path:
+        """A fresh local file for the request path to stream a body into."""
+
+    @abstractmethod
+    def enqueue(self, job: Job, payload: Path | None, window_start: datetime) -> Job:
+        """Make the job and its payload durable, then return it.
+
+        With an idempotency key seen on the dataset since `window_start`, return
+        that first job instead (same payload hash) or raise `idempotency_conflict`.
+        """
+
+    @abstractmethod
+    def get_job(self, job_id: str) -> Job | None: ...
+
+    @abstractmethod
+    def list_jobs(
+        self,
+        dataset_id: str | None,
+        status: JobStatus | None,
+        limit: int,
+        datasets: list[str] | None,
+    ) -> list[Job]: ...
+
+    @abstractmethod
+    def claim_job(self, busy_datasets: set[str]) -> Job | None:
+        """Take the oldest queued job of a dataset with no job running; mark it running."""
+
+    @abstractmethod
+    def read_payload(self, job: Job) -> bytes: ...
+
+    @abstractmethod
+    def set_phase(self, job_id: str, phase: JobPhase, progress: int) -> None: ...
+
+    @abstractmethod
+    def cancel_job(self, job_id: str) -> Job | None:
+        """Cancel a queued job; None when it is no longer queued."""
+
+    @abstractmethod
+    def apply(self, job: Job, dataset: Dataset, batch: DecodedBatch | None) -> Job:
+        """Write the batch (None: delete-all) and finish the job, in one transaction."""
+
+    @abstractmethod
+    def fail_job(self, job: Job, error: JobError, errors: list[RowError] | None = None) -> Job: ...
+
+    @abstractmethod
+    def recover(self) -> int:
+        """Put jobs left running by a dead process back in the queue; return how many."""
+
+    @abstractmethod
+    def purge(self, before: datetime) -> int:
+        """Forget finished jobs older than `before`."""
+
+    @abstractmethod
+    def pending_bytes(self) -> int:
+        """Payload bytes of jobs not yet finished (for backpressure)."""

@@ -1,0 +1,684 @@
+"""The embedded store: one DuckDB file plus a payload spool under PUSHBASE_DATA_DIR."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import threading
+import warnings
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from pushbase.auth import ApiKey
+from pushbase.decode import DecodedBatch, RowError
+from pushbase.decode.batch import ROW_COLUMN
+from pushbase.errors import PushbaseError
+from pushbase.jobs.model import Job, JobError, JobPhase, JobStats, JobStatus
+from pushbase.schema import Column, ColumnType, Dataset, WriteMethod
+from pushbase.settings import Settings
+from pushbase.storage.base import RowQuery, Store
+from pushbase.storage.spool import Spool
+from pushbase.storage.sql import key_join, quote, table_name
+
+warnings.filterwarnings("ignore", message="Arrow output on a DB-API result", category=UserWarning)
+
+SQL_TYPES = {
+    ColumnType.string: "VARCHAR",
+    ColumnType.integer: "BIGINT",
+    ColumnType.number: "DOUBLE",
+    ColumnType.boolean: "BOOLEAN",
+    ColumnType.date: "DATE",
+    ColumnType.datetime: "TIMESTAMP",  # UTC, µs
+    ColumnType.json: "VARCHAR",  # JSON text; the catalog knows it is json
+}
+
+MIGRATIONS: list[list[str]] = [
+    [
+        "CREATE TABLE _pb_meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
+        "CREATE TABLE _pb_datasets (id VARCHAR PRIMARY KEY, doc VARCHAR NOT NULL)",
+        "CREATE TABLE _pb_keys (id VARCHAR PRIMARY KEY, key_hash VARCHAR NOT NULL,"
+        " doc VARCHAR NOT NULL, revoked BOOLEAN NOT NULL DEFAULT false)",
+        "CREATE SEQUENCE _pb_job_seq",
+        "CREATE TABLE _pb_jobs (id VARCHAR PRIMARY KEY, seq BIGINT NOT NULL,"
+        " dataset_id VARCHAR NOT NULL, status VARCHAR NOT NULL, idempotency_key VARCHAR,"
+        " created_at TIMESTAMP NOT NULL, bytes BIGINT NOT NULL, doc VARCHAR NOT NULL)",
+    ],
+]
+
+
+def column_ddl(column: Column) -> str:
+    ddl = f"{quote(column.name)} {SQL_TYPES[column.type]}"
+    return ddl if column.nullable else f"{ddl} NOT NULL"
+
+
+def _naive(stamp: datetime) -> datetime:
+    return stamp.astimezone(UTC).replace(tzinfo=None)
+
+
+class DuckDBStore(Store):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.spool = Spool(settings.spool_dir)
+        self._db: duckdb.DuckDBPyConnection | None = None
+        self._jobs_lock = threading.Lock()  # job state transitions: enqueue, claim, cancel
+
+    # life cycle -------------------------------------------------------
+    def open(self) -> None:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.spool.prepare()
+        self._db = duckdb.connect(str(self.settings.duckdb_path))
+        with self._cursor() as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS _pb_version (version INTEGER)")
+            row = cur.execute("SELECT max(version) FROM _pb_version").fetchone()
+            current = row[0] or 0
+            for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
+                cur.execute("BEGIN")
+                for statement in statements:
+                    cur.execute(statement)
+                cur.execute("INSERT INTO _pb_version VALUES (?)", [version])
+                cur.execute("COMMIT")
+        self._drop_orphan_payloads()
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def ping(self) -> bool:
+        try:
+            with self._cursor() as cur:
+                cur.execute("SELECT 1").fetchone()
+            return True
+        except Exception:
+            return False
+
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if self._db is None:
+            raise PushbaseError("store_closed", "the store is not open", 503)
+        cur = self._db.cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._cursor() as cur:
+            cur.execute("BEGIN")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
+    # datasets ---------------------------------------------------------
+    def create_dataset(self, dataset: Dataset) -> None:
+        columns = ", ".join(column_ddl(c) for c in dataset.columns)
+        if dataset.unique_key:
+            columns += f", PRIMARY KEY ({', '.join(quote(k) for k in dataset.unique_key)})"
+        try:
+            with self._transaction() as cur:
+                if cur.execute("SELECT 1 FROM _pb_datasets WHERE id = ?", [dataset.id]).fetchone():
+                    raise PushbaseError(
+                        "dataset_exists", f"dataset {dataset.id!r} already exists", 409
+                    )
+                cur.execute(f"CREATE TABLE {table_name(dataset.id)} ({columns})")
+                cur.execute(
+                    "INSERT INTO _pb_datasets VALUES (?, ?)",
+                    [dataset.id, self._dataset_doc(dataset)],
+                )
+        except duckdb.ConstraintException as exc:
+            raise PushbaseError(
+                "dataset_exists", f"dataset {dataset.id!r} already exists", 409
+            ) from exc
+        except duckdb.CatalogException as exc:
+            raise PushbaseError(
+                "dataset_exists", f"dataset {dataset.id!r} already exists", 409
+            ) from exc
+
+    @staticmethod
+    def _dataset_doc(dataset: Dataset) -> str:
+        return dataset.model_dump_json(exclude={"row_count"})
+
+    def get_dataset(self, dataset_id: str) -> Dataset | None:
+        with self._cursor() as cur:
+            row = cur.execute("SELECT doc FROM _pb_datasets WHERE id = ?", [dataset_id]).fetchone()
+        return Dataset.model_validate_json(row[0]) if row else None
+
+    def list_datasets(self) -> list[Dataset]:
+        with self._cursor() as cur:
+            rows = cur.execute("SELECT doc FROM _pb_datasets ORDER BY id").fetchall()
+        return [Dataset.model_validate_json(r[0]) for r in rows]
+
+    def update_dataset(self, dataset: Dataset, add_columns: list[Column]) -> None:
+        with self._transaction() as cur:
+            self._update_dataset(cur, dataset, add_columns)
+
+    def _update_dataset(
+        self, cur: duckdb.DuckDBPyConnection, dataset: Dataset, add_columns: list[Column]
+    ) -> None:
+        for column in add_columns:
+            # New columns are nullable in storage: existing rows have no value for them.
+            cur.execute(
+                f"ALTER TABLE {table_name(dataset.id)} ADD COLUMN"
+                f" {quote(column.name)} {SQL_TYPES[column.type]}"
+            )
+        cur.execute(
+            "UPDATE _pb_datasets SET doc = ? WHERE id = ?", [self._dataset_doc(dataset), dataset.id]
+        )
+
+    def drop_dataset(self, dataset_id: str) -> bool:
+        with self._transaction() as cur:
+            found = cur.execute("DELETE FROM _pb_datasets WHERE id = ?", [dataset_id]).fetchone()[0]
+            if found:
+                cur.execute(f"DROP TABLE IF EXISTS {table_name(dataset_id)}")
+        return bool(found)
+
+    def row_count(self, dataset_id: str) -> int:
+        with self._cursor() as cur:
+            return cur.execute(f"SELECT count(*) FROM {table_name(dataset_id)}").fetchone()[0]
+
+    # rows -------------------------------------------------------------
+    def read_rows(self, dataset: Dataset, query: RowQuery) -> tuple[pa.Table, int]:
+        where, params = self._where(query.filters)
+        order = ", ".join(f"{quote(c)} {'DESC' if desc else 'ASC'}" for c, desc in query.order_by)
+        if not order:
+            order = ", ".join(quote(k) for k in dataset.unique_key) or "rowid"
+        columns = ", ".join(quote(c.name) for c in dataset.columns)
+        table = table_name(dataset.id)
+        with self._cursor() as cur:
+            total = cur.execute(f"SELECT count(*) FROM {table}{where}", params).fetchone()[0]
+            page = cur.execute(
+                f"SELECT {columns} FROM {table}{where} ORDER BY {order} LIMIT ? OFFSET ?",
+                [*params, query.limit, query.offset],
+            ).to_arrow_table()
+        return page, total
+
+    @staticmethod
+    def _where(filters: dict[str, Any]) -> tuple[str, list[Any]]:
+        if not filters:
+            return "", []
+        clauses = [
+            f"{quote(name)} IS NULL" if value is None else f"{quote(name)} = ?"
+            for name, value in filters.items()
+        ]
+        return " WHERE " + " AND ".join(clauses), [v for v in filters.values() if v is not None]
+
+    def export_batches(self, dataset: Dataset) -> Iterator[pa.RecordBatch]:
+        columns = ", ".join(quote(c.name) for c in dataset.columns)
+        order = ", ".join(quote(k) for k in dataset.unique_key) or "rowid"
+        with self._cursor() as cur:
+            reader = cur.execute(
+                f"SELECT {columns} FROM {table_name(dataset.id)} ORDER BY {order}"
+            ).to_arrow_reader(50_000)
+            yield from reader
+
+    # keys -------------------------------------------------------------
+    def add_key(self, key: ApiKey) -> None:
+        with self._cursor() as cur:
+            cur.execute(
+                "INSERT INTO _pb_keys (id, key_hash, doc) VALUES (?, ?, ?)",
+                [key.id, key.key_hash, key.model_dump_json()],
+            )
+
+    def find_key(self, key_hash: str) -> ApiKey | None:
+        with self._cursor() as cur:
+            row = cur.execute(
+                "SELECT doc, key_hash FROM _pb_keys WHERE key_hash = ? AND NOT revoked", [key_hash]
+            ).fetchone()
+        if not row:
+            return None
+        key = ApiKey.model_validate_json(row[0])
+        key.key_hash = row[1]
+        return key
+
+    def list_keys(self) -> list[ApiKey]:
+        with self._cursor() as cur:
+            rows = cur.execute("SELECT doc FROM _pb_keys WHERE NOT revoked ORDER BY id").fetchall()
+        return [ApiKey.model_validate_json(r[0]) for r in rows]
+
+    def revoke_key(self, key_id: str) -> bool:
+        with self._cursor() as cur:
+            return bool(
+                cur.execute(
+                    "UPDATE _pb_keys SET revoked = true WHERE id = ? AND NOT revoked", [key_id]
+                ).fetchone()[0]
+            )
+
+    # jobs -------------------------------------------------------------
+    def incoming_path(self) -> Path:
+        return self.spool.new_incoming()
+
+    def enqueue(self, job: Job, payload: Path | None, window_start: datetime) -> Job:
+        with self._jobs_lock:
+            if job.idempotency_key is not None:
+                first = self._idempotent_match(job, window_start)
+                if first is not None:
+                    if payload is not None:
+                        payload.unlink(missing_ok=True)
+                    return first
+            if payload is not None:
+                self.spool.keep(payload, job.id)
+            try:
+                with self._cursor() as cur:
+                    job.seq = cur.execute("SELECT nextval('_pb_job_seq')").fetchone()[0]
+                    cur.execute(
+                        "INSERT INTO _pb_jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            job.id, job.seq, job.dataset_id, job.status.value, job.idempotency_key,
+                            _naive(job.created_at), job.bytes, job.model_dump_json(),
+                        ],
+                    )  # fmt: skip
+            except BaseException:
+                self.spool.discard(job.id)
+                raise
+        return job
+
+    def _idempotent_match(self, job: Job, window_start: datetime) -> Job | None:
+        with self._cursor() as cur:
+            row = cur.execute(
+                "SELECT doc FROM _pb_jobs WHERE dataset_id = ? AND idempotency_key = ?"
+                " AND created_at >= ? ORDER BY seq LIMIT 1",
+                [job.dataset_id, job.idempotency_key, _naive(window_start)],
+            ).fetchone()
+        if not row:
+            return None
+        first = Job.model_validate_json(row[0])
+        if first.payload_hash != job.payload_hash:
+            raise PushbaseError(
+                "idempotency_conflict",
+                "this Idempotency-Key was used with a different payload",
+                409,
+                {"job_id": first.id},
+            )
+        return first
+
+    def get_job(self, job_id: str) -> Job | None:
+        with self._cursor() as cur:
+            row = cur.execute("SELECT doc FROM _pb_jobs WHERE id = ?", [job_id]).fetchone()
+        return Job.model_validate_json(row[0]) if row else None
+
+    def list_jobs(
+        self,
+        dataset_id: str | None,
+        status: JobStatus | None,
+        limit: int,
+        datasets: list[str] | None,
+    ) -> list[Job]:
+        clauses, params = [], []
+        if dataset_id is not None:
+            clauses.append("dataset_id = ?")
+            params.append(dataset_id)
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status.value)
+        if datasets is not None:
+            clauses.append("list_contains(?, dataset_id)")
+            params.append(datasets)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._cursor() as cur:
+            rows = cur.execute(
+                f"SELECT doc FROM _pb_jobs{where} ORDER BY seq DESC LIMIT ?", [*params, limit]
+            ).fetchall()
+        return [Job.model_validate_json(r[0]) for r in rows]
+
+    def claim_job(self, busy_datasets: set[str]) -> Job | None:
+        with self._jobs_lock, self._cursor() as cur:
+            row = cur.execute(
+                "SELECT doc FROM _pb_jobs WHERE status = 'queued'"
+                " AND NOT list_contains(?, dataset_id) ORDER BY seq LIMIT 1",
+                [sorted(busy_datasets)],
+            ).fetchone()
+            if not row:
+                return None
+            job = Job.model_validate_json(row[0])
+            job.status = JobStatus.running
+            job.phase = JobPhase.decoding
+            job.started_at = datetime.now(UTC)
+            self._save_job(cur, job)
+            return job
+
+    @staticmethod
+    def _save_job(cur: duckdb.DuckDBPyConnection, job: Job) -> None:
+        cur.execute(
+            "UPDATE _pb_jobs SET status = ?, doc = ? WHERE id = ?",
+            [job.status.value, job.model_dump_json(), job.id],
+        )
+
+    def read_payload(self, job: Job) -> bytes:
+        try:
+            return self.spool.read(job.id)
+        except FileNotFoundError as exc:
+            raise PushbaseError("payload_missing", "the job's payload is gone", 500) from exc
+
+    def set_phase(self, job_id: str, phase: JobPhase, progress: int) -> None:
+        job = self.get_job(job_id)
+        if job is None:
+            return
+        job.phase, job.progress = phase, progress
+        with self._cursor() as cur:
+            self._save_job(cur, job)
+
+    def cancel_job(self, job_id: str) -> Job | None:
+        with self._jobs_lock:
+            job = self.get_job(job_id)
+            if job is None or job.status is not JobStatus.queued:
+                return None
+            job.status = JobStatus.cancelled
+            job.finished_at = datetime.now(UTC)
+            with self._cursor() as cur:
+                self._save_job(cur, job)
+        self.spool.discard(job_id)
+        return job
+
+    def fail_job(self, job: Job, error: JobError, errors: list[RowError] | None = None) -> Job:
+        job.status, job.phase, job.error = JobStatus.failed, None, error
+        job.finished_at = datetime.now(UTC)
+        if errors:
+            job.errors = [e.to_dict() for e in errors[: self.settings.max_row_errors]]
+            job.errors_total = len(errors)
+            job.stats.failed = len({e.row for e in errors})
+        with self._cursor() as cur:
+            self._save_job(cur, job)
+        self.spool.discard(job.id)
+        return job
+
+    def recover(self) -> int:
+        with self._jobs_lock, self._cursor() as cur:
+            rows = cur.execute("SELECT doc FROM _pb_jobs WHERE status = 'running'").fetchall()
+            for (doc,) in rows:
+                job = Job.model_validate_json(doc)
+                job.status, job.phase, job.progress, job.started_at = (
+                    JobStatus.queued,
+                    None,
+                    0,
+                    None,
+                )
+                self._save_job(cur, job)
+        return len(rows)
+
+    def purge(self, before: datetime) -> int:
+        with self._cursor() as cur:
+            return cur.execute(
+                "DELETE FROM _pb_jobs WHERE status IN ('succeeded', 'failed', 'cancelled')"
+                " AND created_at < ?",
+                [_naive(before)],
+            ).fetchone()[0]
+
+    def pending_bytes(self) -> int:
+        with self._cursor() as cur:
+            return cur.execute(
+                "SELECT coalesce(sum(bytes), 0) FROM _pb_jobs WHERE status IN ('queued', 'running')"
+            ).fetchone()[0]
+
+    def _drop_orphan_payloads(self) -> None:
+        """Payload files whose job is finished or was never committed."""
+        with self._cursor() as cur:
+            live = {
+                r[0]
+                for r in cur.execute(
+                    "SELECT id FROM _pb_jobs WHERE status IN ('queued', 'running')"
+                ).fetchall()
+            }
+        for job_id in self.spool.job_ids() - live:
+            self.spool.discard(job_id)
+
+    # the write --------------------------------------------------------
+    def apply(self, job: Job, dataset: Dataset, batch: DecodedBatch | None) -> Job:
+        try:
+            with self._transaction() as cur:
+                if batch is not None and batch.new_columns:
+                    dataset.columns.extend(batch.new_columns)
+                    dataset.updated_at = datetime.now(UTC)
+                    self._update_dataset(cur, dataset, batch.new_columns)
+                writer = _Writer(cur, dataset, batch)
+                stats, write_errors = writer.run(job.method)
+                errors = sorted(
+                    [*(batch.errors if batch else []), *write_errors],
+                    key=lambda e: (e.row, e.column or ""),
+                )
+                if job.atomic and errors:
+                    raise _AtomicViolation(errors)
+                stats.failed = len({e.row for e in errors})
+                if batch is not None:
+                    stats.received = batch.received
+                    stats.ignored_fields = batch.ignored_fields
+                job.status, job.phase, job.progress = JobStatus.succeeded, None, 100
+                job.finished_at = datetime.now(UTC)
+                job.stats = stats
+                job.errors = [e.to_dict() for e in errors[: self.settings.max_row_errors]]
+                job.errors_total = len(errors)
+                self._save_job(cur, job)
+        except _AtomicViolation as violation:
+            return self.fail_job(
+                job,
+                JobError(
+                    code="atomic_violation", message="atomic job had row errors; nothing written"
+                ),
+                violation.errors,
+            )
+        self.spool.discard(job.id)
+        return job
+
+
+class _AtomicViolation(Exception):
+    def __init__(self, errors: list[RowError]) -> None:
+        self.errors = errors
+
+
+class _Writer:
+    """One job's write inside an open transaction, through a staged copy of the batch.
+
+    The batch is staged under positional names (c0, p0, …, r) so that user column
+    names appear in SQL only as quoted identifiers of the dataset table.
+    """
+
+    def __init__(
+        self, cur: duckdb.DuckDBPyConnection, dataset: Dataset, batch: DecodedBatch | None
+    ):
+        self.cur = cur
+        self.dataset = dataset
+        self.batch = batch
+        self.table = table_name(dataset.id)
+        self.tag = secrets.token_hex(6)
+        self.positions: dict[str, int] = {}
+        self.masked: set[str] = set()
+
+    def run(self, method: WriteMethod) -> tuple[JobStats, list[RowError]]:
+        if method is WriteMethod.delete_all or self.batch is None:
+            deleted = self._count(f"DELETE FROM {self.table}")
+            return JobStats(deleted=deleted), []
+        keyed = bool(self.dataset.unique_key)
+        if self.batch.table.num_rows == 0:
+            if method is WriteMethod.replace:
+                return JobStats(deleted=self._count(f"DELETE FROM {self.table}")), []
+            return JobStats(), []
+        self._stage()
+        try:
+            if method is WriteMethod.delete:
+                return self._delete()
+            if method is WriteMethod.replace:
+                deleted = self._count(f"DELETE FROM {self.table}")
+                stats, errors = self._merge_write(against_stored=False) if keyed else self._append()
+                stats.deleted = deleted
+                return stats, errors
+            if not keyed:
+                return self._append()
+            if method is WriteMethod.insert:
+                return self._insert()
+            return self._merge_write(against_stored=True)
+        finally:
+            self.cur.execute(f"DROP TABLE IF EXISTS stg_{self.tag}")
+            self.cur.execute(f"DROP TABLE IF EXISTS mrg_{self.tag}")
+
+    # staging ----------------------------------------------------------
+    def _stage(self) -> None:
+        assert self.batch is not None
+        arrays, names = [], []
+        for name in self.batch.table.column_names:
+            if name == ROW_COLUMN:
+                continue
+            position = len(self.positions)
+            self.positions[name] = position
+            arrays.append(self.batch.table.column(name))
+            names.append(f"c{position}")
+            mask = self.batch.present.get(name)
+            if mask is not None:
+                self.masked.add(name)
+                arrays.append(mask)
+                names.append(f"p{position}")
+        arrays.append(self.batch.table.column(ROW_COLUMN))
+        names.append("r")
+        staged = pa.Table.from_arrays(arrays, names=names)
+        source = f"src_{self.tag}"
+        self.cur.register(source, staged)
+        try:
+            self.cur.execute(f"CREATE TEMP TABLE stg_{self.tag} AS SELECT * FROM {source}")
+        finally:
+            self.cur.unregister(source)
+
+    def _count(self, sql: str, params: list[Any] | None = None) -> int:
+        return int(self.cur.execute(sql, params or []).fetchone()[0])
+
+    def _staged_columns(self) -> tuple[str, str]:
+        """(target column list, staged source list) for the columns in the batch."""
+        target = ", ".join(quote(n) for n in self.positions)
+        source = ", ".join(f"c{p}" for p in self.positions.values())
+        return target, source
+
+    def _keys(self, alias: str = "") -> str:
+        prefix = f"{alias}." if alias else ""
+        return ", ".join(f"{prefix}c{self.positions[k]}" for k in self.dataset.unique_key)
+
+    # methods ----------------------------------------------------------
+    def _append(self) -> tuple[JobStats, list[RowError]]:
+        target, source = self._staged_columns()
+        inserted = self._count(
+            f"INSERT INTO {self.table} ({target}) SELECT {source} FROM stg_{self.tag}"
+        )
+        return JobStats(inserted=inserted), []
+
+    def _insert(self) -> tuple[JobStats, list[RowError]]:
+        stg = f"stg_{self.tag}"
+        exists = f"EXISTS (SELECT 1 FROM {self.table} t WHERE {self._join('t', 's')})"
+        ranked = (
+            f"SELECT *, row_number() OVER (PARTITION BY {self._keys()} ORDER BY r) AS n FROM {stg}"
+        )
+        duplicates = self.cur.execute(
+            f"SELECT s.r, s.n > 1 FROM ({ranked}) s WHERE s.n > 1 OR {exists} ORDER BY s.r"
+        ).fetchall()
+        errors = [
+            RowError(
+                row,
+                ",".join(self.dataset.unique_key),
+                "duplicate_key",
+                "key appears earlier in this job" if in_job else "key already exists",
+            )
+            for row, in_job in duplicates
+        ]
+        target, source = self._staged_columns()
+        inserted = self._count(
+            f"INSERT INTO {self.table} ({target}) SELECT {source} FROM ({ranked}) s"
+            f" WHERE s.n = 1 AND NOT {exists}"
+        )
+        return JobStats(inserted=inserted), errors
+
+    def _join(self, table_alias: str, staged_alias: str) -> str:
+        return key_join(self.dataset, self.positions, table_alias, staged_alias)
+
+    def _merge_write(self, against_stored: bool) -> tuple[JobStats, list[RowError]]:
+        """Upsert (merge with stored rows) or replace (merge within the job only).
+
+        Several rows of one key are folded first, field by field, last present
+        value winning; an explicit null is a value. `arg_max` over a struct keeps
+        nulls that a bare `arg_max` would skip.
+        """
+        stg, mrg = f"stg_{self.tag}", f"mrg_{self.tag}"
+        keys = set(self.dataset.unique_key)
+        folded = [self._keys()]
+        for name, p in self.positions.items():
+            if name in keys:
+                continue
+            if name in self.masked:
+                folded.append(f"arg_max({{'v': c{p}}}, r) FILTER (WHERE p{p}) AS c{p}")
+                folded.append(f"bool_or(p{p}) AS p{p}")
+            else:
+                folded.append(f"arg_max({{'v': c{p}}}, r) AS c{p}")
+        folded.append("count(*) AS n")
+        fold = f"SELECT {', '.join(folded)} FROM {stg} GROUP BY {self._keys()}"
+
+        selected = []
+        for column in self.dataset.columns:
+            name, ident = column.name, quote(column.name)
+            p = self.positions.get(name)
+            stored = f"t.{ident}" if against_stored else "NULL"
+            if p is None:
+                selected.append(f"{stored} AS {ident}")
+            elif name in keys:
+                selected.append(f"m.c{p} AS {ident}")
+            elif name in self.masked:
+                selected.append(f"CASE WHEN m.p{p} THEN m.c{p}.v ELSE {stored} END AS {ident}")
+            else:
+                selected.append(f"m.c{p}.v AS {ident}")
+        first_key = quote(self.dataset.unique_key[0])
+        existed = f"t.{first_key} IS NOT NULL" if against_stored else "false"
+        join = f"LEFT JOIN {self.table} t ON {self._join('t', 'm')}" if against_stored else ""
+        required = [c for c in self.dataset.columns if not c.nullable and c.name not in keys]
+        missing = " OR ".join(f"{quote(c.name)} IS NULL" for c in required) or "false"
+        merged = (
+            f"SELECT {', '.join(selected)}, {existed} AS _existed, m.n AS _n FROM ({fold}) m {join}"
+        )
+        self.cur.execute(
+            f"CREATE TEMP TABLE {mrg} AS SELECT *, NOT _existed AND ({missing}) AS _bad"
+            f" FROM ({merged}) x"
+        )
+        errors: list[RowError] = []
+        if required:
+            back = " AND ".join(
+                f"s.c{self.positions[k]} = b.{quote(k)}" for k in self.dataset.unique_key
+            )
+            bad_rows = self.cur.execute(
+                f"SELECT s.r FROM {stg} s JOIN {mrg} b ON {back} WHERE b._bad ORDER BY s.r"
+            ).fetchall()
+            names = ", ".join(repr(c.name) for c in required)
+            errors = [
+                RowError(row, None, "missing_value", f"a new row needs a value for {names}")
+                for (row,) in bad_rows
+            ]
+        updated_rows, existing, inserted = self.cur.execute(
+            f"SELECT coalesce(sum(_n) FILTER (WHERE _existed), 0),"
+            f" count(*) FILTER (WHERE _existed),"
+            f" count(*) FILTER (WHERE NOT _existed AND NOT _bad) FROM {mrg}"
+        ).fetchone()
+        repeats = self._count(
+            f"SELECT coalesce(sum(_n - 1), 0) FROM {mrg} WHERE NOT _existed AND NOT _bad"
+        )
+        if existing:
+            match = " AND ".join(f"t.{quote(k)} = m.{quote(k)}" for k in self.dataset.unique_key)
+            self.cur.execute(
+                f"DELETE FROM {self.table} t USING {mrg} m WHERE m._existed AND {match}"
+            )
+        columns = ", ".join(quote(c.name) for c in self.dataset.columns)
+        self.cur.execute(
+            f"INSERT INTO {self.table} ({columns}) SELECT {columns} FROM {mrg} WHERE NOT _bad"
+        )
+        return JobStats(inserted=inserted, updated=int(updated_rows) + repeats), errors
+
+    def _delete(self) -> tuple[JobStats, list[RowError]]:
+        stg = f"stg_{self.tag}"
+        not_found = self._count(
+            f"SELECT count(*) FROM {stg} s WHERE NOT EXISTS"
+            f" (SELECT 1 FROM {self.table} t WHERE {self._join('t', 's')})"
+        )
+        deleted = self._count(
+            f"DELETE FROM {self.table} t USING (SELECT DISTINCT {self._keys()} FROM {stg}) s"
+            f" WHERE {self._join('t', 's')}"
+        )
+        return JobStats(deleted=deleted, not_found=not_found), []
