@@ -113,7 +113,7 @@ def check_columns(columns: list[Column], unique_key: list[str]) -> list[Column]:
         if folded in seen:
             raise PushbaseError(
                 "duplicate_column",
-                f"column {column.name!r} clashes with {seen[folded]!r} (names are case-insensitive)",
+                f"column {column.name!r} clashes with {seen[folded]!r} (case-insensitive)",
                 400,
                 {"column": column.name},
             )

@@ -1,4 +1,4 @@
-"""Records → columns → coerced Arrow table, with per-row errors (DESIGN §1–§2)."""
+"""Records → columns → coerced Arrow table, with per-row errors (DESIGN §1, §2)."""
 
 from __future__ import annotations
 
@@ -219,13 +219,16 @@ def _check_required(
     For upsert an absent non-key field is fine (the stored value stays); a new
     row missing one is caught by the store, which alone knows which keys exist.
     """
+    not_objects = {e.row for e in errors if e.code == "not_an_object"}
     for name in dataset.unique_key:
         array = arrays.get(name)
         if array is None:
             for row in range(received):
-                errors.append(RowError(row, name, "missing_key", f"key column {name!r} is missing"))
+                if row not in not_objects:
+                    message = f"key column {name!r} is missing"
+                    errors.append(RowError(row, name, "missing_key", message))
         elif array.null_count:
-            already = {e.row for e in errors if e.column == name}
+            already = not_objects | {e.row for e in errors if e.column == name}
             for row in pc.indices_nonzero(array.is_null()).to_pylist():
                 if row not in already:
                     message = f"key column {name!r} is missing or null"
@@ -238,7 +241,7 @@ def _check_required(
         array = arrays.get(column.name)
         if array is None:
             if method is not WriteMethod.upsert:
-                for row in range(received):
+                for row in sorted(set(range(received)) - not_objects):
                     message = f"column {column.name!r} is required"
                     errors.append(RowError(row, column.name, "missing_value", message))
             continue
@@ -248,7 +251,7 @@ def _check_required(
         mask = present.get(column.name)
         if mask is not None:  # absent is allowed on upsert, explicit null is not
             nulls = pc.and_(nulls, mask)
-        failed_rows = {e.row for e in errors if e.column == column.name}
+        failed_rows = not_objects | {e.row for e in errors if e.column == column.name}
         for row in pc.indices_nonzero(nulls).to_pylist():
             if row not in failed_rows:
                 message = f"column {column.name!r} may not be null"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import secrets
 import threading
-import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +24,6 @@ from pushbase.storage.base import RowQuery, Store
 from pushbase.storage.spool import Spool
 from pushbase.storage.sql import key_join, quote, table_name
 
-warnings.filterwarnings("ignore", message="Arrow output on a DB-API result", category=UserWarning)
 
 SQL_TYPES = {
     ColumnType.string: "VARCHAR",
@@ -194,10 +192,10 @@ class DuckDBStore(Store):
         columns = ", ".join(quote(c.name) for c in dataset.columns)
         table = table_name(dataset.id)
         with self._cursor() as cur:
-            total = cur.execute(f"SELECT count(*) FROM {table}{where}", params).fetchone()[0]
-            page = cur.execute(
+            total = cur.execute(f"SELECT count(*) FROM {table}{where}", params).fetchall()[0][0]
+            page = cur.sql(
                 f"SELECT {columns} FROM {table}{where} ORDER BY {order} LIMIT ? OFFSET ?",
-                [*params, query.limit, query.offset],
+                params=[*params, query.limit, query.offset],
             ).to_arrow_table()
         return page, total
 
@@ -215,7 +213,7 @@ class DuckDBStore(Store):
         columns = ", ".join(quote(c.name) for c in dataset.columns)
         order = ", ".join(quote(k) for k in dataset.unique_key) or "rowid"
         with self._cursor() as cur:
-            reader = cur.execute(
+            reader = cur.sql(
                 f"SELECT {columns} FROM {table_name(dataset.id)} ORDER BY {order}"
             ).to_arrow_reader(50_000)
             yield from reader
