@@ -16,10 +16,10 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import ADMIN_KEY, create_dataset, make_client, push, rows_of
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
+from conftest import ADMIN_KEY, create_dataset, make_client, push, rows_of
 from pushbase.api import create_app
 from pushbase.settings import Settings
 
@@ -27,7 +27,7 @@ COLUMNS = [{"name": "k", "type": "string"}, {"name": "v", "type": "integer"}]
 SCOPES = ("admin", "write", "read")
 
 
-# -- helpers -------------------------------------------------------------------------
+# -- helpers -------------------------------------------------------------------------------
 
 
 def auth(secret: str) -> dict[str, str]:
@@ -76,7 +76,7 @@ def anon(client: TestClient) -> TestClient:
     return client
 
 
-# -- presenting a key ------------------------------------------------------------------
+# -- presenting a key ----------------------------------------------------------------------
 
 
 def test_no_key_is_401_unauthorized(anon):
@@ -135,7 +135,7 @@ def test_service_routes_need_no_key(anon):
         assert response.status_code == 200, (path, response.text)
 
 
-# -- creating, listing and revoking keys -------------------------------------------------
+# -- creating, listing and revoking keys ---------------------------------------------------
 
 
 def test_create_key_shows_secret_once(client):
@@ -199,13 +199,17 @@ def test_bad_key_request_is_422_envelope(client, body):
 def test_keys_are_hashed_at_rest(tmp_path: Path):
     data_dir = tmp_path / "d"
     with make_client(data_dir) as client:
-        secrets = [new_key(client, scopes)["key"] for scopes in (["admin"], ["read"], ["write"])]
-        limited = new_key(client, ["read"], datasets=["a"])["key"]
-        secrets.append(limited)
+        created = [new_key(client, scopes) for scopes in (["admin"], ["read"], ["write"])]
+        created.append(new_key(client, ["read"], datasets=["a"]))
+        secrets = [k["key"] for k in created]
+        key_ids = [k["id"] for k in created]
         for secret in secrets:  # used at least once: lookups must not write it either
             assert client.get("/v1/limits", headers=auth(secret)).status_code == 200
     files = [p for p in data_dir.rglob("*") if p.is_file()]
     assert files, "the server wrote nothing under its data dir"
+    stored = b"".join(p.read_bytes() for p in files)
+    for key_id in key_ids:  # the scan sees the key records, so it would see a secret too
+        assert key_id.encode() in stored
     for path in files:
         data = path.read_bytes()
         for secret in secrets:
@@ -216,30 +220,32 @@ def test_keys_are_hashed_at_rest(tmp_path: Path):
             assert client.get("/v1/limits", headers=auth(secret)).status_code == 200
 
 
-def test_revoke_key(client):
-    created = new_key(client, ["read"])
+def test_revoke_key(anon):
+    admin = auth(ADMIN_KEY)
+    created = new_key(anon, ["read"])
     secret = created["key"]
-    assert client.get("/v1/datasets", headers=auth(secret)).status_code == 200
+    assert anon.get("/v1/datasets", headers=auth(secret)).status_code == 200
 
-    response = client.delete(f"/v1/keys/{created['id']}")
+    response = anon.delete(f"/v1/keys/{created['id']}", headers=admin)
     assert response.status_code == 204, response.text
     assert response.content == b""
 
     for headers in (auth(secret), bearer(secret)):
-        refused = client.get("/v1/datasets", headers=headers)
-        assert refused.status_code == 401, refused.text
+        refused = anon.get("/v1/datasets", headers=headers)
+        assert refused.status_code == 401, (headers, refused.text)
         assert error_code(refused) == "invalid_key"
-    assert created["id"] not in [k["id"] for k in client.get("/v1/keys").json()["keys"]]
+    listed = anon.get("/v1/keys", headers=admin).json()["keys"]
+    assert created["id"] not in [k["id"] for k in listed]
 
-    again = client.delete(f"/v1/keys/{created['id']}")
+    again = anon.delete(f"/v1/keys/{created['id']}", headers=admin)
     assert again.status_code == 404, again.text
-    assert error_code(again) == "not_found"
+    assert error_code(again).endswith("not_found")
 
 
 def test_revoke_unknown_key_is_404(client):
     response = client.delete("/v1/keys/key_doesnotexist")
     assert response.status_code == 404, response.text
-    assert error_code(response) == "not_found"
+    assert error_code(response).endswith("not_found")
 
 
 def test_revoking_one_key_leaves_the_others(client):
@@ -249,7 +255,7 @@ def test_revoking_one_key_leaves_the_others(client):
     assert client.get("/v1/datasets", headers=auth(second["key"])).status_code == 200
 
 
-# -- every route x every scope ------------------------------------------------------------
+# -- every route x every scope -------------------------------------------------------------
 
 
 @dataclass
@@ -409,7 +415,7 @@ def test_multi_scope_key_has_the_union(client):
     assert error_code(refused) == "forbidden"
 
 
-# -- keys limited to datasets ---------------------------------------------------------------
+# -- keys limited to datasets --------------------------------------------------------------
 
 
 @pytest.fixture
@@ -472,7 +478,7 @@ def test_dataset_limited_key_sees_only_its_jobs(client, two_datasets):
         assert own.status_code == 200, own.text
         other = client.get(f"/v1/jobs/{two_datasets['b']}", headers=headers)
         assert other.status_code in (403, 404), other.text
-        assert error_code(other) in ("forbidden", "not_found")
+        assert error_code(other) == "forbidden" or error_code(other).endswith("not_found")
 
         filtered = client.get("/v1/jobs", params={"dataset": "b"}, headers=headers)
         assert filtered.status_code in (200, 403), filtered.text
@@ -483,7 +489,7 @@ def test_dataset_limited_key_sees_only_its_jobs(client, two_datasets):
     assert {j["dataset_id"] for j in client.get("/v1/jobs").json()["jobs"]} == {"a", "b"}
 
 
-# -- first start: the bootstrap admin key ----------------------------------------------------
+# -- first start: the bootstrap admin key --------------------------------------------------
 
 
 def _working_admin_tokens(client: TestClient, text: str) -> list[str]:

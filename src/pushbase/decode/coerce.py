@@ -64,6 +64,8 @@ class ColumnResult:
 def coerce_column(values: Sequence[Any], column: Column) -> ColumnResult:
     """Coerce raw values (Python objects or an Arrow string array from CSV)."""
     if isinstance(values, pa.Array):
+        if column.type is ColumnType.json:
+            return _json_from_text(values.to_pylist())
         fast = _fast_from_arrow(values, column)
         if fast is not None:
             return ColumnResult(fast, [])
@@ -184,6 +186,19 @@ def _fast_formatted(arr: pa.Array, column: Column) -> pa.Array | None:
         if stamps.null_count != arr.null_count:
             return None
     return stamps.cast(pa.date32()) if column.type is ColumnType.date else stamps
+
+
+def _json_from_text(texts: list[str | None]) -> ColumnResult:
+    """A json column read from text (CSV): each cell must itself be JSON."""
+    out: list[str | None] = []
+    errors: list[tuple[int, str, str]] = []
+    for position, text in enumerate(texts):
+        try:
+            out.append(None if text is None else orjson.dumps(orjson.loads(text)).decode())
+        except orjson.JSONDecodeError:
+            out.append(None)
+            errors.append((position, "invalid_value", f"{text[:50]!r} is not JSON"))
+    return ColumnResult(pa.array(out, pa.string()), errors)
 
 
 def _slow(values: Sequence[Any], column: Column) -> ColumnResult:

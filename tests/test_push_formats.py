@@ -1,0 +1,147 @@
+"""Every body format a push accepts, plain or gzip (DESIGN §4)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import create_dataset, push, rows_of
+
+EXPECTED = [
+    {"id": 1, "name": "Ada", "score": 1.5, "joined": "2024-01-02T03:04:05Z"},
+    {"id": 2, "name": "Linus", "score": None, "joined": None},
+]
+
+
+@pytest.fixture
+def people(client):
+    create_dataset(
+        client,
+        "people",
+        [
+            {"name": "id", "type": "integer"},
+            {"name": "name"},
+            {"name": "score", "type": "number"},
+            {"name": "joined", "type": "datetime"},
+        ],
+        unique_key=["id"],
+    )
+    return client
+
+
+ARRAY = (
+    b'[{"id": 1, "name": "Ada", "score": 1.5, "joined": "2024-01-02T03:04:05Z"},'
+    b' {"id": 2, "name": "Linus"}]'
+)
+NDJSON = (
+    b'{"id": 1, "name": "Ada", "score": 1.5, "joined": "2024-01-02T03:04:05Z"}\n'
+    b"\n"
+    b'{"id": 2, "name": "Linus"}\n'
+)
+CSV = b"id,name,score,joined\r\n1,Ada,1.5,2024-01-02T03:04:05Z\r\n2,Linus,,\r\n"
+
+BODIES = {
+    "json array": (ARRAY, "application/json"),
+    "data envelope": (b'{"data": ' + ARRAY + b"}", "application/json"),
+    "rows envelope": (b'{"rows": ' + ARRAY + b"}", "application/json"),
+    "json with charset": (ARRAY, "application/json; charset=utf-8"),
+    "ndjson": (NDJSON, "application/x-ndjson"),
+    "ndjson no trailing newline": (NDJSON.rstrip(), "application/x-ndjson"),
+    "csv comma": (CSV, "text/csv"),
+    "csv semicolon": (CSV.replace(b",", b";"), "text/csv"),
+    "csv tab": (CSV.replace(b",", b"\t"), "text/csv"),
+    "csv pipe": (CSV.replace(b",", b"|"), "text/csv"),
+    "csv with BOM": (b"\xef\xbb\xbf" + CSV, "text/csv; charset=utf-8"),
+    "csv LF only": (CSV.replace(b"\r\n", b"\n"), "text/csv"),
+}
+
+
+@pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize("name", list(BODIES))
+def test_each_format_lands_the_same_rows(people, name, gzip):
+    body, content_type = BODIES[name]
+    job = push(people, "people", body, content_type=content_type, gzip=gzip)
+    assert job["status"] == "succeeded", job
+    assert job["stats"]["inserted"] == 2 and job["stats"]["failed"] == 0, job
+    assert rows_of(people, "people") == EXPECTED
+
+
+def test_csv_quoting_follows_rfc_4180(client):
+    create_dataset(client, "notes", [{"name": "id", "type": "integer"}, {"name": "text"}])
+    body = (
+        b'id,text\n1,"a, b"\n2,"she said ""hi"""\n3,"two\nlines"\n4,""\n5,\n'
+        b'6,"semi;colon"\n'
+    )
+    job = push(client, "notes", body, content_type="text/csv")
+    assert job["stats"]["inserted"] == 6, job
+    assert [r["text"] for r in rows_of(client, "notes", order_by="id")] == [
+        "a, b", 'she said "hi"', "two\nlines", "", None, "semi;colon",
+    ]  # fmt: skip
+
+
+def test_csv_header_with_quoted_names_and_utf8(client):
+    create_dataset(client, "t", [{"name": "full name"}, {"name": "ville"}])
+    body = '"full name";ville\n"Zoë, B";Tromsø\n'.encode()
+    job = push(client, "t", body, content_type="text/csv")
+    assert job["stats"]["inserted"] == 1, job
+    assert rows_of(client, "t") == [{"full name": "Zoë, B", "ville": "Tromsø"}]
+
+
+def test_csv_values_are_coerced_from_text(client):
+    create_dataset(
+        client, "t",
+        [{"name": "n", "type": "integer"}, {"name": "b", "type": "boolean"}, {"name": "d", "type": "date"}],
+    )  # fmt: skip
+    job = push(client, "t", b"n,b,d\n1,yes,2024-01-01\nx,maybe,2024-13-01\n", content_type="text/csv")
+    assert job["stats"]["inserted"] == 1 and job["stats"]["failed"] == 1
+    assert {(e["row"], e["column"]) for e in job["errors"]} == {(1, "n"), (1, "b"), (1, "d")}
+    assert rows_of(client, "t") == [{"n": 1, "b": True, "d": "2024-01-01"}]
+
+
+def test_csv_unknown_header_follows_the_dataset_policy(client):
+    create_dataset(client, "t", [{"name": "a"}])
+    job = push(client, "t", b"a,zzz\n1,2\n", content_type="text/csv")
+    assert job["errors"][0]["code"] == "unknown_column" and job["errors"][0]["column"] == "zzz"
+
+
+def test_ragged_csv_fails_the_job_without_writing(client):
+    create_dataset(client, "t", [{"name": "a"}, {"name": "b"}])
+    job = push(client, "t", b"a,b\n1,2\n3,4,5\n", content_type="text/csv")
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "invalid_payload"
+    assert rows_of(client, "t") == []
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b'[{"a": 1}', "application/json"),
+        (b'{"a": 1}\n{"a": ', "application/x-ndjson"),
+        (b'{"data": 5}', "application/json"),
+        (b"42", "application/json"),
+        (b"\xff\xfe[]", "application/json"),
+        (b"a\n\xff\n", "text/csv"),
+    ],
+)
+def test_undecodable_payloads_fail_the_job_with_invalid_payload(client, body, content_type):
+    create_dataset(client, "t", [{"name": "a"}])
+    job = push(client, "t", body, content_type=content_type)
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "invalid_payload"
+    assert job["error"]["message"]
+
+
+def test_a_single_object_is_one_record(client):
+    create_dataset(client, "t", [{"name": "a"}])
+    job = push(client, "t", {"a": "x"})
+    assert job["stats"]["inserted"] == 1
+
+
+def test_corrupt_gzip_is_refused_at_once(client):
+    create_dataset(client, "t", [{"name": "a"}])
+    response = client.post(
+        "/v1/datasets/t/records",
+        content=b"\x1f\x8b\x08\x00garbage-not-deflate",
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_payload"
+    assert client.get("/v1/jobs").json()["jobs"] == []
