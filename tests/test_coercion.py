@@ -225,6 +225,8 @@ def test_unknown_fields_evolve_the_schema(client):
 
 
 def test_a_json_column_takes_nested_objects_whole(client):
-    create_dataset(client, "t", [{"name": "k", "type": "integer"}, {"name": "meta", "type": "json"}])
+    create_dataset(
+        client, "t", [{"name": "k", "type": "integer"}, {"name": "meta", "type": "json"}]
+    )
     push(client, "t", [{"k": 1, "meta": {"a": {"b": [1, 2]}}}])
     assert rows_of(client, "t") == [{"k": 1, "meta": {"a": {"b": [1, 2]}}}]

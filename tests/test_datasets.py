@@ -173,7 +173,9 @@ def test_column_rules_give_clear_errors(client, columns, unique_key, code):
 
 
 def test_unknown_column_type_is_a_validation_error(client):
-    response = client.post("/v1/datasets", json={"id": "t", "columns": [{"name": "a", "type": "blob"}]})
+    response = client.post(
+        "/v1/datasets", json={"id": "t", "columns": [{"name": "a", "type": "blob"}]}
+    )
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "validation_error"
 

@@ -299,7 +299,7 @@ def test_openapi_success_responses_have_schemas(client, openapi):
                     schema = content["application/json"].get("schema") or {}
                     if not schema:
                         problems.append(f"{method} {path} {code}: application/json without schema")
-    assert problems == []
+    assert problems == [], "\n".join(problems)
 
 
 def test_openapi_push_route_documents_three_formats(openapi):

@@ -66,10 +66,7 @@ def test_each_format_lands_the_same_rows(people, name, gzip):
 
 def test_csv_quoting_follows_rfc_4180(client):
     create_dataset(client, "notes", [{"name": "id", "type": "integer"}, {"name": "text"}])
-    body = (
-        b'id,text\n1,"a, b"\n2,"she said ""hi"""\n3,"two\nlines"\n4,""\n5,\n'
-        b'6,"semi;colon"\n'
-    )
+    body = b'id,text\n1,"a, b"\n2,"she said ""hi"""\n3,"two\nlines"\n4,""\n5,\n6,"semi;colon"\n'
     job = push(client, "notes", body, content_type="text/csv")
     assert job["stats"]["inserted"] == 6, job
     assert [r["text"] for r in rows_of(client, "notes", order_by="id")] == [
@@ -90,7 +87,9 @@ def test_csv_values_are_coerced_from_text(client):
         client, "t",
         [{"name": "n", "type": "integer"}, {"name": "b", "type": "boolean"}, {"name": "d", "type": "date"}],
     )  # fmt: skip
-    job = push(client, "t", b"n,b,d\n1,yes,2024-01-01\nx,maybe,2024-13-01\n", content_type="text/csv")
+    job = push(
+        client, "t", b"n,b,d\n1,yes,2024-01-01\nx,maybe,2024-13-01\n", content_type="text/csv"
+    )
     assert job["stats"]["inserted"] == 1 and job["stats"]["failed"] == 1
     assert {(e["row"], e["column"]) for e in job["errors"]} == {(1, "n"), (1, "b"), (1, "d")}
     assert rows_of(client, "t") == [{"n": 1, "b": True, "d": "2024-01-01"}]

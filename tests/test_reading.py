@@ -44,7 +44,12 @@ def test_order_by_one_or_more_columns(filled):
     rows = rows_of(filled, "t", order_by="-score", limit=3)
     assert [r["id"] for r in rows] == [24, 23, 22]
     rows = rows_of(filled, "t", order_by="city,-id", limit=4)
-    assert [(r["city"], r["id"]) for r in rows] == [("Lima", 23), ("Lima", 20), ("Lima", 17), ("Lima", 14)]
+    assert [(r["city"], r["id"]) for r in rows] == [
+        ("Lima", 23),
+        ("Lima", 20),
+        ("Lima", 17),
+        ("Lima", 14),
+    ]
 
 
 def test_equality_filters_are_typed(filled):

@@ -201,9 +201,7 @@ def test_jobs_of_one_dataset_apply_in_acceptance_order_across_methods(client):
 def test_replace_leaves_exactly_the_jobs_valid_rows(client):
     keyed(client)
     push(client, "people", [{"id": i, "name": "old"} for i in range(5)])
-    job = push(
-        client, "people", [{"id": 10, "name": "new"}, {"id": "bad"}, {"id": 11}], "replace"
-    )
+    job = push(client, "people", [{"id": 10, "name": "new"}, {"id": "bad"}, {"id": 11}], "replace")
     assert job["stats"]["inserted"] == 2 and job["stats"]["deleted"] == 5
     assert job["stats"]["failed"] == 1
     assert [r["id"] for r in rows_of(client, "people")] == [10, 11]

@@ -122,6 +122,16 @@ class KeyList(BaseModel):
     keys: list[KeyInfo]
 
 
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    store: bool
+    workers: bool
+
+
 class Limits(BaseModel):
     max_body_bytes: int
     max_inflated_bytes: int

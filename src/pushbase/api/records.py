@@ -196,7 +196,16 @@ _EXPORT_TYPES = {
 
 @router.get(
     "/datasets/{dataset_id}/export",
-    responses={200: {"content": {t: {} for t in _EXPORT_TYPES.values()}}},
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "every row, in the chosen format",
+            "content": {
+                t: {"schema": {"type": "string", "format": "binary"}}
+                for t in _EXPORT_TYPES.values()
+            },
+        }
+    },
 )
 def export(
     dataset_id: str,

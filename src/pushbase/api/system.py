@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
 from pushbase.api.deps import ServicesDep, require
-from pushbase.api.models import Limits
+from pushbase.api.models import Health, Limits, Readiness
 from pushbase.api.responses import JSON
 from pushbase.auth import ApiKey, Scope
 from pushbase.jobs.model import JobStatus
@@ -16,13 +16,13 @@ from pushbase.jobs.model import JobStatus
 router = APIRouter(tags=["system"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Health)
 def healthz():
     """The process answers."""
     return JSON({"status": "ok"})
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 def readyz(svc: ServicesDep):
     """The store is reachable and the workers of this process are alive."""
     store_ok = svc.store.ping()

@@ -172,6 +172,10 @@ def parse_csv(data: bytes, delimiter: str | None = None) -> pa.Table:
         raise invalid_payload("CSV header is not valid UTF-8") from exc
     if not header.strip():
         raise invalid_payload("CSV body needs a header row")
+    if data.count(b'"') % 2:
+        # RFC 4180 quotes come in pairs; an odd count means a field never closed,
+        # which a lenient reader would silently run to the end of the body.
+        raise invalid_payload("CSV has an unterminated quoted field (unbalanced quotes)")
     delimiter = delimiter or sniff_delimiter(header)
     names = next(csv.reader([header], delimiter=delimiter))
     if any(not name for name in names):
