@@ -11,8 +11,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from pushbase import __version__
 from pushbase.api import datasets, errors, jobs, keys, records, system
-from pushbase.api.deps import Services
 from pushbase.auth import Scope
+from pushbase.ingest import Services
 from pushbase.jobs import JobRunner
 from pushbase.settings import Settings
 from pushbase.storage import open_store

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
 from pushbase.auth import ENV_ADMIN, ApiKey, Scope, hash_key, matches
 from pushbase.errors import PushbaseError, not_found
-from pushbase.jobs import JobRunner
+from pushbase.ingest import Services
 from pushbase.schema import Dataset, check_dataset_id
-from pushbase.settings import Settings
-from pushbase.storage import Store
-
-
-@dataclass
-class Services:
-    settings: Settings
-    store: Store
-    runner: JobRunner
 
 
 def services(request: Request) -> Services:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -16,16 +15,8 @@ from fastapi import Request
 
 from pushbase.decode.formats import Inflater, format_for, invalid_payload, is_gzip
 from pushbase.errors import PushbaseError
+from pushbase.ingest import Payload
 from pushbase.settings import Settings
-
-
-@dataclass
-class ReceivedBody:
-    path: Path
-    size: int
-    sha256: str
-    content_type: str | None
-    content_encoding: str | None
 
 
 def too_large(limit: int) -> PushbaseError:
@@ -34,7 +25,7 @@ def too_large(limit: int) -> PushbaseError:
     )
 
 
-async def receive_body(request: Request, settings: Settings, target: Path) -> ReceivedBody:
+async def receive_body(request: Request, settings: Settings, target: Path) -> Payload:
     """Write the body to `target` (fsync'd) or raise a 4xx and leave nothing behind."""
     content_type = request.headers.get("content-type")
     content_encoding = request.headers.get("content-encoding")
@@ -68,4 +59,4 @@ async def receive_body(request: Request, settings: Settings, target: Path) -> Re
     except BaseException:
         target.unlink(missing_ok=True)
         raise
-    return ReceivedBody(target, size, digest.hexdigest(), content_type, content_encoding)
+    return Payload(target, size, digest.hexdigest(), content_type, content_encoding)

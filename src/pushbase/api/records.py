@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
@@ -18,13 +15,14 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from pushbase.api.deps import Services, ServicesDep, dataset_for, require
+from pushbase.api.deps import ServicesDep, dataset_for, require
 from pushbase.api.intake import receive_body
 from pushbase.api.models import ERRORS, JobAccepted, JobDocument, Rows
 from pushbase.api.responses import JSON, table_rows
 from pushbase.auth import ApiKey, Scope
 from pushbase.decode.coerce import ARROW_TYPES, CoerceError, coerce_value
 from pushbase.errors import PushbaseError
+from pushbase.ingest import Submission, check_queue, submit
 from pushbase.jobs.model import Job
 from pushbase.schema import ColumnType, Dataset, WriteMethod
 from pushbase.storage.base import RowQuery
@@ -38,28 +36,10 @@ PushMethod = Annotated[
 ]
 
 
-def _queue_check(svc: Services, incoming: int) -> None:
-    if svc.store.pending_bytes() + incoming > svc.settings.queue_max_bytes:
-        raise PushbaseError(
-            "queue_full",
-            "too many bytes are waiting to be applied; retry later",
-            429,
-            {"queue_max_bytes": svc.settings.queue_max_bytes},
-            headers={"Retry-After": "1"},
-        )
-
-
-async def accept_job(
-    request: Request, svc: Services, job: Job, payload: Path | None, wait: float
-) -> JSON:
-    """Enqueue a job durably, then answer 202, or 200 with the document if done within `wait`."""
-    window = datetime.now(UTC) - timedelta(seconds=svc.settings.idempotency_window_seconds)
-    job = await run_in_threadpool(svc.store.enqueue, job, payload, window)
-    svc.runner.notify()
-    if wait > 0:
-        done = await svc.runner.wait(job.id, min(wait, svc.settings.max_wait_seconds))
-        if done is not None:
-            return JSON(done.document(), status_code=200)
+def job_answer(request: Request, job: Job) -> JSON:
+    """200 with the document when the job finished, else 202 with where to look."""
+    if job.status.finished:
+        return JSON(job.document(), status_code=200)
     status_url = str(request.url_for("get_job", job_id=job.id))
     return JSON({"job_id": job.id, "status": job.status.value, "status_url": status_url}, 202)
 
@@ -97,23 +77,12 @@ async def push(
     if method is WriteMethod.delete and not dataset.unique_key:
         raise PushbaseError("no_unique_key", "delete needs a dataset with a unique key", 400)
     declared = request.headers.get("content-length", "")
-    await run_in_threadpool(_queue_check, svc, int(declared) if declared.isdigit() else 0)
-    body = await receive_body(request, svc.settings, svc.store.incoming_path())
-    fingerprint = hashlib.sha256(f"{body.sha256}:{method.value}:{atomic}".encode()).hexdigest()
-    job = Job(
-        dataset_id=dataset.id,
-        method=method,
-        bytes=body.size,
-        idempotency_key=idempotency_key,
-        payload_hash=fingerprint,
-        content_type=body.content_type,
-        content_encoding=body.content_encoding,
-        atomic=atomic,
+    await run_in_threadpool(check_queue, svc, int(declared) if declared.isdigit() else 0)
+    payload = await receive_body(request, svc.settings, svc.store.incoming_path())
+    submission = Submission(
+        dataset, method, payload, idempotency_key=idempotency_key, atomic=atomic
     )
-    try:
-        return await accept_job(request, svc, job, body.path, wait)
-    finally:
-        body.path.unlink(missing_ok=True)  # still there only if enqueue did not keep it
+    return job_answer(request, await submit(svc, submission, wait))
 
 
 @router.delete(
@@ -132,13 +101,8 @@ async def delete_all(
 ):
     """A job that empties the dataset, in order with the pushes before it."""
     dataset = await run_in_threadpool(dataset_for, svc, key, dataset_id, Scope.write)
-    job = Job(
-        dataset_id=dataset.id,
-        method=WriteMethod.delete_all,
-        idempotency_key=idempotency_key,
-        payload_hash="delete_all",
-    )
-    return await accept_job(request, svc, job, None, wait)
+    submission = Submission(dataset, WriteMethod.delete_all, None, idempotency_key=idempotency_key)
+    return job_answer(request, await submit(svc, submission, wait))
 
 
 def _row_query(request: Request, dataset: Dataset, limit: int, offset: int, order_by: str | None):

@@ -5,7 +5,15 @@ record's fields map onto a dataset's columns (flattening, unknown-field policy,
 key and nullability rules).
 """
 
-from pushbase.decode.batch import DecodedBatch, RowError, decode_payload
+from pushbase.decode.batch import DecodedBatch, DecodeOptions, RowError, decode_payload
 from pushbase.decode.formats import PayloadFormat, format_for, is_gzip
 
-__all__ = ["DecodedBatch", "PayloadFormat", "RowError", "decode_payload", "format_for", "is_gzip"]
+__all__ = [
+    "DecodeOptions",
+    "DecodedBatch",
+    "PayloadFormat",
+    "RowError",
+    "decode_payload",
+    "format_for",
+    "is_gzip",
+]

@@ -7,6 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import BaseModel
 
 from pushbase.decode.coerce import coerce_column
 from pushbase.decode.formats import PayloadFormat, inflate, parse_csv, parse_json, parse_ndjson
@@ -55,6 +56,20 @@ class DecodedBatch:
         return len({e.row for e in self.errors})
 
 
+class DecodeOptions(BaseModel):
+    """How a payload maps onto columns beyond the plain rules; set by dialects.
+
+    `columns`: records are arrays, positional in this column order.
+    `constants`: a value given to every row for these columns.
+    `empty_is_absent`: on upsert, an empty CSV cell keeps the stored value
+    instead of writing null.
+    """
+
+    columns: list[str] | None = None
+    constants: dict[str, Any] = {}
+    empty_is_absent: bool = False
+
+
 def decode_payload(
     data: bytes,
     fmt: PayloadFormat,
@@ -62,41 +77,84 @@ def decode_payload(
     dataset: Dataset,
     method: WriteMethod,
     max_inflated: int,
+    options: DecodeOptions | None = None,
 ) -> DecodedBatch:
+    options = options or DecodeOptions()
     if method is WriteMethod.upsert and not dataset.unique_key:
         method = WriteMethod.insert  # upsert appends without a key: nothing to merge with
     if gzip:
         data = inflate(data, max_inflated)
     if fmt is PayloadFormat.csv:
         table = parse_csv(data)
-        raw = {name: table.column(name).combine_chunks() for name in table.column_names}
-        return _build(raw, {}, table.num_rows, [], dataset, method)
+        raw: dict[str, Any] = {
+            name: table.column(name).combine_chunks() for name in table.column_names
+        }
+        unknown = {n: raw.pop(n).to_pylist() for n in list(raw) if dataset.column(n) is None}
+        present: dict[str, pa.Array] = {}
+        if options.empty_is_absent and method is WriteMethod.upsert:
+            present = {
+                name: _non_empty(array)
+                for name, array in raw.items()
+                if name not in dataset.unique_key
+            }
+        _add_constants(raw, options, table.num_rows)
+        return _build(raw, present, table.num_rows, [], dataset, method, unknown)
     records = parse_json(data) if fmt is PayloadFormat.json else parse_ndjson(data)
-    return _from_records(records, dataset, method)
-
-
-def _from_records(records: list[Any], dataset: Dataset, method: WriteMethod) -> DecodedBatch:
     errors: list[RowError] = []
+    if options.columns is not None:
+        records = _positional(records, options.columns, errors)
+    return _from_records(records, dataset, method, options, errors)
+
+
+def _non_empty(array: pa.Array) -> pa.Array:
+    if pa.types.is_string(array.type):
+        return pc.fill_null(pc.not_equal(array, ""), False)
+    return array.is_valid()
+
+
+def _add_constants(raw: dict[str, Any], options: DecodeOptions, rows: int) -> None:
+    for name, value in options.constants.items():
+        raw[name] = [value] * rows
+
+
+def _positional(records: list[Any], names: list[str], errors: list[RowError]) -> list[Any]:
+    """Arrays in `names` order → records; a row of the wrong shape is a row error."""
+    width = len(names)
+    objects: list[Any] = []
+    for row, record in enumerate(records):
+        if isinstance(record, list) and len(record) == width:
+            objects.append(dict(zip(names, record, strict=True)))
+        else:
+            message = f"each row must be an array of {width} values, in column order"
+            errors.append(RowError(row, None, "wrong_shape", message, record))
+            objects.append(_NOT_A_ROW)
+    return objects
+
+
+def _from_records(
+    records: list[Any],
+    dataset: Dataset,
+    method: WriteMethod,
+    options: DecodeOptions,
+    errors: list[RowError],
+) -> DecodedBatch:
     objects = [r if isinstance(r, dict) else None for r in records]
     if None in objects:
         for row, record in enumerate(records):
-            if not isinstance(record, dict):
-                errors.append(
-                    RowError(
-                        row, None, "not_an_object", "each record must be a JSON object", record
-                    )
-                )
-    raw: dict[str, list[Any]] = {}
+            if not isinstance(record, dict) and record is not _NOT_A_ROW:
+                message = "each record must be a JSON object"
+                errors.append(RowError(row, None, "not_an_object", message, record))
+    raw: dict[str, Any] = {}
     unknown: dict[str, list[Any]] = {}
-    _split_fields(objects, "", dataset, raw, unknown)
     present: dict[str, pa.Array] = {}
-    if method is WriteMethod.upsert:
-        for name in raw:
-            if None in raw[name]:
-                present[name] = _presence(objects, name)
+    _split_fields(objects, "", dataset, raw, unknown, present)
+    # Only an upsert tells absent from null; only columns need a mask.
+    present = {n: m for n, m in present.items() if n in raw and method is WriteMethod.upsert}
+    _add_constants(raw, options, len(records))
     return _build(raw, present, len(records), errors, dataset, method, unknown)
 
 
+_NOT_A_ROW = object()  # stands for a rejected positional row
 _ABSENT = object()
 
 
@@ -104,41 +162,34 @@ def _split_fields(
     objects: list[dict[str, Any] | None],
     prefix: str,
     dataset: Dataset,
-    raw: dict[str, list[Any]],
+    raw: dict[str, Any],
     unknown: dict[str, list[Any]],
+    present: dict[str, pa.Array],
 ) -> None:
     """Sort each field path into dataset columns (`raw`) or unknown fields.
 
     Works a column at a time: one list per field, no loop over a record's fields.
+    `present[path]` is recorded where some records lack the field (absent is not null).
     """
     keys = set().union(*(o for o in objects if o is not None))
     for key in sorted(keys):
         path = f"{prefix}{key}"
-        values = [o.get(key) if o is not None else None for o in objects]
+        values = [o.get(key, _ABSENT) if o is not None else _ABSENT for o in objects]
+        if any(v is _ABSENT for v in values):
+            present[path] = pa.array([v is not _ABSENT for v in values], pa.bool_())
+            values = [None if v is _ABSENT else v for v in values]
         if dataset.column(path) is not None:
             raw[path] = values
             continue
         nested = [v if isinstance(v, dict) else None for v in values]
         has_children = any(c.name.startswith(f"{path}.") for c in dataset.columns)
         if has_children or any(v is not None for v in nested):
-            _split_fields(nested, f"{path}.", dataset, raw, unknown)
+            _split_fields(nested, f"{path}.", dataset, raw, unknown, present)
             leftovers = [None if isinstance(v, dict) else v for v in values]
             if any(v is not None for v in leftovers):
                 unknown[path] = leftovers
         else:
             unknown[path] = values
-
-
-def _presence(objects: list[dict[str, Any] | None], path: str) -> pa.Array:
-    """True where the record carries the (possibly nested) field, even as null."""
-    parts = path.split(".")
-    mask = []
-    for obj in objects:
-        node: Any = obj
-        for part in parts:
-            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
-        mask.append(node is not _ABSENT)
-    return pa.array(mask, pa.bool_())
 
 
 def _build(
@@ -151,10 +202,6 @@ def _build(
     unknown: dict[str, list[Any]] | None = None,
 ) -> DecodedBatch:
     unknown = dict(unknown or {})
-    if isinstance(next(iter(raw.values()), None), pa.Array):
-        # CSV: every header cell that is not a column is an unknown field.
-        for name in [n for n in raw if dataset.column(n) is None]:
-            unknown[name] = raw.pop(name).to_pylist()
     ignored = 0
     new_columns: list[Column] = []
     keyed = set(dataset.unique_key)
@@ -219,7 +266,7 @@ def _check_required(
     For upsert an absent non-key field is fine (the stored value stays); a new
     row missing one is caught by the store, which alone knows which keys exist.
     """
-    not_objects = {e.row for e in errors if e.code == "not_an_object"}
+    not_objects = {e.row for e in errors if e.code in ("not_an_object", "wrong_shape")}
     for name in dataset.unique_key:
         array = arrays.get(name)
         if array is None:

@@ -13,7 +13,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from pushbase.decode import decode_payload, format_for, is_gzip
+from pushbase.decode import DecodeOptions, decode_payload, format_for, is_gzip
 from pushbase.errors import PushbaseError
 from pushbase.jobs.model import Job, JobError, JobPhase, JobStatus
 from pushbase.schema import WriteMethod
@@ -138,6 +138,7 @@ class JobRunner:
                         dataset,
                         job.method,
                         self.settings.max_inflated_bytes,
+                        DecodeOptions.model_validate(job.options),
                     )
                 except PushbaseError as exc:
                     return self._fail(job, "invalid_payload", exc.message)

@@ -24,7 +24,6 @@ from pushbase.storage.base import RowQuery, Store
 from pushbase.storage.spool import Spool
 from pushbase.storage.sql import key_join, quote, table_name
 
-
 SQL_TYPES = {
     ColumnType.string: "VARCHAR",
     ColumnType.integer: "BIGINT",
