@@ -10,6 +10,7 @@ import typer
 
 from pushbase.settings import Settings
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 app = typer.Typer(help="pushbase: push data into managed, typed datasets over HTTP.",
                   no_args_is_help=True)  # fmt: skip
 
@@ -35,9 +36,7 @@ def serve(
 
     overrides = {"host": host, "port": port, "data_dir": data_dir, "workers": workers}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
     application = create_app(settings, workers=0 if no_workers else None)
     uvicorn.run(
         application,
@@ -46,3 +45,20 @@ def serve(
         log_level=log_level,
         timeout_graceful_shutdown=10,
     )
+
+
+@app.command()
+def worker(
+    workers: Annotated[int | None, typer.Option(help="job worker threads")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Only apply jobs (PostgreSQL store): run as many of these as you like."""
+    from pushbase.errors import PushbaseError
+    from pushbase.worker import run_worker
+
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    try:
+        run_worker(Settings(), workers)
+    except PushbaseError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
