@@ -15,6 +15,8 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path("./pushbase-data"), description="embedded store and payload spool")
     database_url: str | None = Field(None, description="postgresql://... for the PostgreSQL store")
+    database_schema: str = Field("pushbase", description="PostgreSQL schema for every table")
+    pool_size: int = Field(10, ge=2, description="PostgreSQL connections per process")
     host: str = "127.0.0.1"
     port: int = 8000
     admin_key: str | None = Field(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import secrets
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,14 +14,14 @@ import pyarrow as pa
 
 from pushbase.auth import ApiKey
 from pushbase.decode import DecodedBatch, RowError
-from pushbase.decode.batch import ROW_COLUMN
 from pushbase.errors import PushbaseError
-from pushbase.jobs.model import Job, JobError, JobPhase, JobStats, JobStatus
-from pushbase.schema import Column, ColumnType, Dataset, WriteMethod
+from pushbase.jobs.model import Job, JobError, JobPhase, JobStatus
+from pushbase.schema import Column, ColumnType, Dataset
 from pushbase.settings import Settings
 from pushbase.storage.base import RowQuery, Store
 from pushbase.storage.spool import Spool
-from pushbase.storage.sql import key_join, quote, table_name
+from pushbase.storage.sql import quote, table_name
+from pushbase.storage.writer import AtomicViolation, SqlWriter
 
 SQL_TYPES = {
     ColumnType.string: "VARCHAR",
@@ -435,14 +434,14 @@ class DuckDBStore(Store):
                     dataset.columns.extend(batch.new_columns)
                     dataset.updated_at = datetime.now(UTC)
                     self._update_dataset(cur, dataset, batch.new_columns)
-                writer = _Writer(cur, dataset, batch)
+                writer = DuckDBWriter(cur, dataset, batch)
                 stats, write_errors = writer.run(job.method)
                 errors = sorted(
                     [*(batch.errors if batch else []), *write_errors],
                     key=lambda e: (e.row, e.column or ""),
                 )
                 if job.atomic and errors:
-                    raise _AtomicViolation(errors)
+                    raise AtomicViolation(errors)
                 stats.failed = len({e.row for e in errors})
                 if batch is not None:
                     stats.received = batch.received
@@ -453,7 +452,7 @@ class DuckDBStore(Store):
                 job.errors = [e.to_dict() for e in errors[: self.settings.max_row_errors]]
                 job.errors_total = len(errors)
                 self._save_job(cur, job)
-        except _AtomicViolation as violation:
+        except AtomicViolation as violation:
             return self.fail_job(
                 job,
                 JobError(
@@ -465,217 +464,45 @@ class DuckDBStore(Store):
         return job
 
 
-class _AtomicViolation(Exception):
-    def __init__(self, errors: list[RowError]) -> None:
-        self.errors = errors
-
-
-class _Writer:
-    """One job's write inside an open transaction, through a staged copy of the batch.
-
-    The batch is staged under positional names (c0, p0, …, r) so that user column
-    names appear in SQL only as quoted identifiers of the dataset table.
-    """
-
+class DuckDBWriter(SqlWriter):
     def __init__(
         self, cur: duckdb.DuckDBPyConnection, dataset: Dataset, batch: DecodedBatch | None
     ):
+        super().__init__(dataset, batch, table_name(dataset.id))
         self.cur = cur
-        self.dataset = dataset
-        self.batch = batch
-        self.table = table_name(dataset.id)
-        self.tag = secrets.token_hex(6)
-        self.positions: dict[str, int] = {}
-        self.masked: set[str] = set()
 
-    def run(self, method: WriteMethod) -> tuple[JobStats, list[RowError]]:
-        if method is WriteMethod.delete_all or self.batch is None:
-            deleted = self._count(f"DELETE FROM {self.table}")
-            return JobStats(deleted=deleted), []
-        keyed = bool(self.dataset.unique_key)
-        if self.batch.table.num_rows == 0:
-            if method is WriteMethod.replace:
-                return JobStats(deleted=self._count(f"DELETE FROM {self.table}")), []
-            return JobStats(), []
-        self._stage()
-        try:
-            if method is WriteMethod.delete:
-                return self._delete()
-            if method is WriteMethod.replace:
-                deleted = self._count(f"DELETE FROM {self.table}")
-                stats, errors = self._merge_write(against_stored=False) if keyed else self._append()
-                stats.deleted = deleted
-                return stats, errors
-            if not keyed:
-                return self._append()
-            if method is WriteMethod.insert:
-                return self._insert()
-            return self._merge_write(against_stored=True)
-        finally:
-            self.cur.execute(f"DROP TABLE IF EXISTS stg_{self.tag}")
-            self.cur.execute(f"DROP TABLE IF EXISTS mrg_{self.tag}")
+    def ident(self, column: str) -> str:
+        return quote(column)
 
-    # staging ----------------------------------------------------------
-    def _stage(self) -> None:
-        assert self.batch is not None
-        arrays, names = [], []
-        for name in self.batch.table.column_names:
-            if name == ROW_COLUMN:
-                continue
-            position = len(self.positions)
-            self.positions[name] = position
-            arrays.append(self.batch.table.column(name))
-            names.append(f"c{position}")
-            mask = self.batch.present.get(name)
-            if mask is not None:
-                self.masked.add(name)
-                arrays.append(mask)
-                names.append(f"p{position}")
-        arrays.append(self.batch.table.column(ROW_COLUMN))
-        names.append("r")
-        staged = pa.Table.from_arrays(arrays, names=names)
+    def execute(self, sql: str) -> None:
+        self.cur.execute(sql)
+
+    def dml(self, sql: str) -> int:
+        return int(self.cur.execute(sql).fetchall()[0][0])
+
+    def fetch(self, sql: str) -> list[tuple[Any, ...]]:
+        return self.cur.execute(sql).fetchall()
+
+    def stage(self, staged: pa.Table) -> None:
         source = f"src_{self.tag}"
         self.cur.register(source, staged)
         try:
-            self.cur.execute(f"CREATE TEMP TABLE stg_{self.tag} AS SELECT * FROM {source}")
+            self.cur.execute(f"CREATE TEMP TABLE {self.stg} AS SELECT * FROM {source}")
         finally:
             self.cur.unregister(source)
 
-    def _count(self, sql: str, params: list[Any] | None = None) -> int:
-        return int(self.cur.execute(sql, params or []).fetchone()[0])
+    def last_value(self, value: str, mask: str | None) -> str:
+        # A struct keeps an explicit null that a bare arg_max would skip.
+        where = f" FILTER (WHERE {mask})" if mask else ""
+        return f"(arg_max({{'v': {value}}}, r){where}).v"
 
-    def _staged_columns(self) -> tuple[str, str]:
-        """(target column list, staged source list) for the columns in the batch."""
-        target = ", ".join(quote(n) for n in self.positions)
-        source = ", ".join(f"c{p}" for p in self.positions.values())
-        return target, source
-
-    def _keys(self, alias: str = "") -> str:
-        prefix = f"{alias}." if alias else ""
-        return ", ".join(f"{prefix}c{self.positions[k]}" for k in self.dataset.unique_key)
-
-    # methods ----------------------------------------------------------
-    def _append(self) -> tuple[JobStats, list[RowError]]:
-        target, source = self._staged_columns()
-        inserted = self._count(
-            f"INSERT INTO {self.table} ({target}) SELECT {source} FROM stg_{self.tag}"
-        )
-        return JobStats(inserted=inserted), []
-
-    def _insert(self) -> tuple[JobStats, list[RowError]]:
-        stg = f"stg_{self.tag}"
-        exists = f"EXISTS (SELECT 1 FROM {self.table} t WHERE {self._join('t', 's')})"
-        ranked = (
-            f"SELECT *, row_number() OVER (PARTITION BY {self._keys()} ORDER BY r) AS n FROM {stg}"
-        )
-        duplicates = self.cur.execute(
-            f"SELECT s.r, s.n > 1 FROM ({ranked}) s WHERE s.n > 1 OR {exists} ORDER BY s.r"
-        ).fetchall()
-        errors = [
-            RowError(
-                row,
-                ",".join(self.dataset.unique_key),
-                "duplicate_key",
-                "key appears earlier in this job" if in_job else "key already exists",
-            )
-            for row, in_job in duplicates
-        ]
-        target, source = self._staged_columns()
-        inserted = self._count(
-            f"INSERT INTO {self.table} ({target}) SELECT {source} FROM ({ranked}) s"
-            f" WHERE s.n = 1 AND NOT {exists}"
-        )
-        return JobStats(inserted=inserted), errors
-
-    def _join(self, table_alias: str, staged_alias: str) -> str:
-        return key_join(self.dataset, self.positions, table_alias, staged_alias)
-
-    def _merge_write(self, against_stored: bool) -> tuple[JobStats, list[RowError]]:
-        """Upsert (merge with stored rows) or replace (merge within the job only).
-
-        Several rows of one key are folded first, field by field, last present
-        value winning; an explicit null is a value. `arg_max` over a struct keeps
-        nulls that a bare `arg_max` would skip.
-        """
-        stg, mrg = f"stg_{self.tag}", f"mrg_{self.tag}"
-        keys = set(self.dataset.unique_key)
-        folded = [self._keys()]
-        for name, p in self.positions.items():
-            if name in keys:
-                continue
-            if name in self.masked:
-                folded.append(f"arg_max({{'v': c{p}}}, r) FILTER (WHERE p{p}) AS c{p}")
-                folded.append(f"bool_or(p{p}) AS p{p}")
-            else:
-                folded.append(f"arg_max({{'v': c{p}}}, r) AS c{p}")
-        folded.append("count(*) AS n")
-        fold = f"SELECT {', '.join(folded)} FROM {stg} GROUP BY {self._keys()}"
-
-        selected = []
-        for column in self.dataset.columns:
-            name, ident = column.name, quote(column.name)
-            p = self.positions.get(name)
-            stored = f"t.{ident}" if against_stored else "NULL"
-            if p is None:
-                selected.append(f"{stored} AS {ident}")
-            elif name in keys:
-                selected.append(f"m.c{p} AS {ident}")
-            elif name in self.masked:
-                selected.append(f"CASE WHEN m.p{p} THEN m.c{p}.v ELSE {stored} END AS {ident}")
-            else:
-                selected.append(f"m.c{p}.v AS {ident}")
-        first_key = quote(self.dataset.unique_key[0])
-        existed = f"t.{first_key} IS NOT NULL" if against_stored else "false"
-        join = f"LEFT JOIN {self.table} t ON {self._join('t', 'm')}" if against_stored else ""
-        required = [c for c in self.dataset.columns if not c.nullable and c.name not in keys]
-        missing = " OR ".join(f"{quote(c.name)} IS NULL" for c in required) or "false"
-        merged = (
-            f"SELECT {', '.join(selected)}, {existed} AS _existed, m.n AS _n FROM ({fold}) m {join}"
-        )
-        self.cur.execute(
-            f"CREATE TEMP TABLE {mrg} AS SELECT *, NOT _existed AND ({missing}) AS _bad"
-            f" FROM ({merged}) x"
-        )
-        errors: list[RowError] = []
-        if required:
-            back = " AND ".join(
-                f"s.c{self.positions[k]} = b.{quote(k)}" for k in self.dataset.unique_key
-            )
-            bad_rows = self.cur.execute(
-                f"SELECT s.r FROM {stg} s JOIN {mrg} b ON {back} WHERE b._bad ORDER BY s.r"
-            ).fetchall()
-            names = ", ".join(repr(c.name) for c in required)
-            errors = [
-                RowError(row, None, "missing_value", f"a new row needs a value for {names}")
-                for (row,) in bad_rows
-            ]
-        updated_rows, existing, inserted = self.cur.execute(
-            f"SELECT coalesce(sum(_n) FILTER (WHERE _existed), 0),"
-            f" count(*) FILTER (WHERE _existed),"
-            f" count(*) FILTER (WHERE NOT _existed AND NOT _bad) FROM {mrg}"
-        ).fetchone()
-        repeats = self._count(
-            f"SELECT coalesce(sum(_n - 1), 0) FROM {mrg} WHERE NOT _existed AND NOT _bad"
-        )
-        if existing:
+    def write_merged(self, columns: str, any_existing: bool) -> None:
+        # Delete-then-insert: DuckDB's ON CONFLICT costs a full pass per statement (DESIGN §7).
+        if any_existing:
             match = " AND ".join(f"t.{quote(k)} = m.{quote(k)}" for k in self.dataset.unique_key)
-            self.cur.execute(
-                f"DELETE FROM {self.table} t USING {mrg} m WHERE m._existed AND {match}"
+            self.execute(
+                f"DELETE FROM {self.table} t USING {self.mrg} m WHERE m._existed AND {match}"
             )
-        columns = ", ".join(quote(c.name) for c in self.dataset.columns)
-        self.cur.execute(
-            f"INSERT INTO {self.table} ({columns}) SELECT {columns} FROM {mrg} WHERE NOT _bad"
+        self.execute(
+            f"INSERT INTO {self.table} ({columns}) SELECT {columns} FROM {self.mrg} WHERE NOT _bad"
         )
-        return JobStats(inserted=inserted, updated=int(updated_rows) + repeats), errors
-
-    def _delete(self) -> tuple[JobStats, list[RowError]]:
-        stg = f"stg_{self.tag}"
-        not_found = self._count(
-            f"SELECT count(*) FROM {stg} s WHERE NOT EXISTS"
-            f" (SELECT 1 FROM {self.table} t WHERE {self._join('t', 's')})"
-        )
-        deleted = self._count(
-            f"DELETE FROM {self.table} t USING (SELECT DISTINCT {self._keys()} FROM {stg}) s"
-            f" WHERE {self._join('t', 's')}"
-        )
-        return JobStats(deleted=deleted, not_found=not_found), []

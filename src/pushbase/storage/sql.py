@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pushbase.schema import Dataset
-
 
 def quote(identifier: str) -> str:
     """A quoted SQL identifier; the only way a user-given name reaches SQL text."""
@@ -12,10 +10,3 @@ def quote(identifier: str) -> str:
 
 def table_name(dataset_id: str) -> str:
     return quote(f"ds_{dataset_id}")
-
-
-def key_join(dataset: Dataset, positions: dict[str, int], left: str, right: str) -> str:
-    """`left."key" = right.cN AND ...` for the staged (positional) key columns."""
-    return " AND ".join(
-        f"{left}.{quote(name)} = {right}.c{positions[name]}" for name in dataset.unique_key
-    )
