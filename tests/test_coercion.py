@@ -91,6 +91,7 @@ def test_datetime_forms_mixed_in_one_column(client):
     ],
 )  # fmt: skip
 def test_column_format(client, column, given, expected):
+    column = dict(column)
     type_ = column.pop("type")
     values, errors = stored(client, [given], type_, **column)
     assert errors == {}

@@ -98,8 +98,8 @@ def test_a_finished_job_cannot_be_cancelled(client):
     assert response.status_code == 409
 
 
-def test_cancelled_jobs_are_never_applied(tmp_path):
-    data = tmp_path / "data"
+def test_cancelled_jobs_are_never_applied(store_settings):
+    data = store_settings
     with make_client(data, workers=0) as client:
         create_dataset(client, "t", COLUMNS)
         keep = accepted(client, "t", [{"id": 1}])["job_id"]
@@ -111,8 +111,8 @@ def test_cancelled_jobs_are_never_applied(tmp_path):
         assert rows_of(client, "t") == [{"id": 1, "v": None}]
 
 
-def test_queued_jobs_survive_a_restart_and_run_in_order(tmp_path):
-    data = tmp_path / "data"
+def test_queued_jobs_survive_a_restart_and_run_in_order(store_settings):
+    data = store_settings
     with make_client(data, workers=0) as client:
         create_dataset(client, "t", COLUMNS, unique_key=["id"])
         ids = [accepted(client, "t", [{"id": 1, "v": str(n)}])["job_id"] for n in range(5)]
@@ -150,8 +150,8 @@ def test_idempotency_keys_are_per_dataset(client):
     assert first["id"] != other["id"]
 
 
-def test_a_job_on_a_dropped_dataset_fails(tmp_path):
-    data = tmp_path / "data"
+def test_a_job_on_a_dropped_dataset_fails(store_settings):
+    data = store_settings
     with make_client(data, workers=0) as client:
         create_dataset(client, "t", COLUMNS)
         job_id = accepted(client, "t", [{"id": 1}])["job_id"]

@@ -52,6 +52,7 @@ class Submission:
     idempotency_key: str | None = None
     atomic: bool = False
     options: DecodeOptions = field(default_factory=DecodeOptions)
+    label: str | None = None  # kept on the job, not part of the idempotency fingerprint
 
 
 def check_queue(svc: Services, incoming: int) -> None:
@@ -106,6 +107,7 @@ async def submit(svc: Services, submission: Submission, wait: float = 0) -> Job:
         content_encoding=payload.content_encoding if payload else None,
         atomic=submission.atomic,
         options=options,
+        label=submission.label,
     )
     window = datetime.now(UTC) - timedelta(seconds=svc.settings.idempotency_window_seconds)
     try:

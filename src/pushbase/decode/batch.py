@@ -63,11 +63,14 @@ class DecodeOptions(BaseModel):
     `constants`: a value given to every row for these columns.
     `empty_is_absent`: on upsert, an empty CSV cell keeps the stored value
     instead of writing null.
+    `drop`: payload fields (CSV columns, top-level record fields) dropped before
+    they meet the schema: neither written, nor rejected, nor counted as ignored.
     """
 
     columns: list[str] | None = None
     constants: dict[str, Any] = {}
     empty_is_absent: bool = False
+    drop: list[str] = []
 
 
 def decode_payload(
@@ -86,8 +89,11 @@ def decode_payload(
         data = inflate(data, max_inflated)
     if fmt is PayloadFormat.csv:
         table = parse_csv(data)
+        dropped = set(options.drop)
         raw: dict[str, Any] = {
-            name: table.column(name).combine_chunks() for name in table.column_names
+            name: table.column(name).combine_chunks()
+            for name in table.column_names
+            if name not in dropped
         }
         unknown = {n: raw.pop(n).to_pylist() for n in list(raw) if dataset.column(n) is None}
         present: dict[str, pa.Array] = {}
@@ -148,6 +154,10 @@ def _from_records(
     unknown: dict[str, list[Any]] = {}
     present: dict[str, pa.Array] = {}
     _split_fields(objects, "", dataset, raw, unknown, present)
+    for name in options.drop:
+        raw.pop(name, None)
+        unknown.pop(name, None)
+        present.pop(name, None)
     # Only an upsert tells absent from null; only columns need a mask.
     present = {n: m for n, m in present.items() if n in raw and method is WriteMethod.upsert}
     _add_constants(raw, options, len(records))

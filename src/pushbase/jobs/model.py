@@ -74,6 +74,7 @@ class Job(BaseModel):
 
     # internal
     seq: int = 0
+    label: str | None = None  # a caller's name for the job (D·engage `jobName`)
     payload_hash: str | None = None
     content_type: str | None = None
     content_encoding: str | None = None
@@ -97,6 +98,7 @@ class Job(BaseModel):
                 "content_encoding",
                 "atomic",
                 "options",
+                "label",
             },
         )
         doc["duration_ms"] = self.duration_ms

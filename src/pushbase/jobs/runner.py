@@ -106,6 +106,10 @@ class JobRunner:
             try:
                 self.run_job(job)
             finally:
+                try:
+                    self.store.release(job.id)
+                except Exception:
+                    log.exception("releasing job %s failed", job.id)
                 with self._busy_lock:
                     self._busy.discard(job.dataset_id)
                 self._signal(job.id)

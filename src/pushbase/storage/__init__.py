@@ -5,13 +5,11 @@ from pushbase.storage.base import Store, WriteResult
 
 
 def open_store(settings: Settings) -> Store:
-    """The store named by the settings: DuckDB by default."""
+    """The store named by the settings: PostgreSQL for a database URL, else DuckDB."""
     if settings.database_url:
-        from pushbase.errors import PushbaseError
+        from pushbase.storage.postgres import PostgresStore
 
-        raise PushbaseError(
-            "unsupported_store", "the PostgreSQL store is not available in this build", 500
-        )
+        return PostgresStore(settings)
     from pushbase.storage.duckdb import DuckDBStore
 
     return DuckDBStore(settings)

@@ -121,6 +121,10 @@ class Store(ABC):
         """Take the oldest queued job of a dataset with no job running; mark it running."""
 
     @abstractmethod
+    def release(self, job_id: str) -> None:
+        """The runner is done with a claimed job (finished or not): free what the claim holds."""
+
+    @abstractmethod
     def read_payload(self, job: Job) -> bytes: ...
 
     @abstractmethod

@@ -408,6 +408,9 @@ class DuckDBStore(Store):
                 [_naive(before)],
             ).fetchone()[0]
 
+    def release(self, job_id: str) -> None:
+        pass  # one process: the runner's own bookkeeping orders the jobs
+
     def pending_bytes(self) -> int:
         with self._cursor() as cur:
             return cur.execute(
@@ -473,6 +476,9 @@ class DuckDBWriter(SqlWriter):
 
     def ident(self, column: str) -> str:
         return quote(column)
+
+    def sql_type(self, column: Column) -> str:
+        return SQL_TYPES[column.type]
 
     def execute(self, sql: str) -> None:
         self.cur.execute(sql)

@@ -17,7 +17,7 @@ import pyarrow as pa
 from pushbase.decode import DecodedBatch, RowError
 from pushbase.decode.batch import ROW_COLUMN
 from pushbase.jobs.model import JobStats
-from pushbase.schema import Dataset, WriteMethod
+from pushbase.schema import Column, Dataset, WriteMethod
 
 
 class AtomicViolation(Exception):
@@ -37,11 +37,16 @@ class SqlWriter(ABC):
         self.mrg = f"mrg_{self.tag}"
         self.positions: dict[str, int] = {}
         self.masked: set[str] = set()
+        self.rejected: list[RowError] = []  # rows a backend cannot store, found before the write
 
     # what a backend provides -----------------------------------------------
     @abstractmethod
     def ident(self, column: str) -> str:
         """The quoted identifier of a dataset column in the table."""
+
+    @abstractmethod
+    def sql_type(self, column: Column) -> str:
+        """The SQL type of a dataset column in this backend."""
 
     @abstractmethod
     def execute(self, sql: str) -> None: ...
@@ -67,6 +72,10 @@ class SqlWriter(ABC):
 
     # the write ---------------------------------------------------------------
     def run(self, method: WriteMethod) -> tuple[JobStats, list[RowError]]:
+        stats, errors = self._run(method)
+        return stats, [*self.rejected, *errors]
+
+    def _run(self, method: WriteMethod) -> tuple[JobStats, list[RowError]]:
         if method is WriteMethod.delete_all or self.batch is None:
             return JobStats(deleted=self.dml(f"DELETE FROM {self.table}")), []
         keyed = bool(self.dataset.unique_key)
@@ -181,7 +190,7 @@ class SqlWriter(ABC):
         for column in self.dataset.columns:
             name, ident = column.name, self.ident(column.name)
             p = self.positions.get(name)
-            stored = f"t.{ident}" if against_stored else "NULL"
+            stored = f"t.{ident}" if against_stored else f"CAST(NULL AS {self.sql_type(column)})"
             if p is None:
                 selected.append(f"{stored} AS {ident}")
             elif name in keys or name not in self.masked:

@@ -1,0 +1,220 @@
+"""What every dialect shares: its own error shape, bounded JSON bodies, rows → payload.
+
+A dialect is translation only (DESIGN §5): it reads its wire format, calls the
+core (`pushbase.ingest`, the store's read methods) and renders the results in
+its own vocabulary. Nothing here decodes records or writes rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import orjson
+from fastapi import Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+
+from pushbase.auth import ApiKey, Scope
+from pushbase.decode.formats import inflate, is_gzip
+from pushbase.errors import PushbaseError
+from pushbase.ingest import Payload, Services, check_queue, spool_bytes
+from pushbase.jobs.model import Job
+from pushbase.schema import DATASET_ID_RE, Dataset
+
+log = logging.getLogger("pushbase.dialects")
+
+Renderer = Callable[[Request, PushbaseError], Response]
+
+
+def dialect_route(render: Renderer) -> type[APIRoute]:
+    """A route class whose every failure leaves in the dialect's shape, not the native envelope.
+
+    Catches what the endpoint and its dependencies raise (authentication included):
+    `PushbaseError`, a request that does not match its parameters, and anything
+    unexpected (a 500, logged).
+    """
+
+    class DialectRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def run(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except PushbaseError as exc:
+                    return render(request, exc)
+                except RequestValidationError as exc:
+                    first = exc.errors()[0] if exc.errors() else {}
+                    where = ".".join(str(p) for p in first.get("loc", ()))
+                    message = f"{where}: {first.get('msg', 'invalid request')}".strip(": ")
+                    return render(request, PushbaseError("invalid_request", message, 400))
+                except Exception:
+                    log.exception("unexpected error on %s %s", request.method, request.url.path)
+                    error = PushbaseError("internal_error", "internal server error", 500)
+                    return render(request, error)
+
+            return run
+
+    return DialectRoute
+
+
+# -- request bodies --------------------------------------------------------------------------
+
+
+def too_large(limit: int) -> PushbaseError:
+    return PushbaseError(
+        "payload_too_large", f"body exceeds {limit} bytes", 413, {"max_body_bytes": limit}
+    )
+
+
+async def read_body(request: Request, svc: Services) -> bytes:
+    """The whole body, refused past `max_body_bytes` (413) before more is read; gzip inflated."""
+    limit = svc.settings.max_body_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+    gzip = is_gzip(request.headers.get("content-encoding"))
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if gzip and body:
+        body = await run_in_threadpool(inflate, body, svc.settings.max_inflated_bytes)
+    return body
+
+
+async def read_json(request: Request, svc: Services, invalid: Callable[[str], Exception]) -> Any:
+    """The body parsed as JSON; `invalid(message)` is raised when it is empty or not JSON."""
+    body = await read_body(request, svc)
+    if not body.strip():
+        raise invalid("the request body is empty")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"the request body is not valid JSON: {exc}") from exc
+
+
+def b64decode(text: str) -> bytes:
+    """Standard or URL-safe base64, whitespace allowed; ValueError when it is not base64."""
+    cleaned = "".join(text.split())
+    if "-" in cleaned or "_" in cleaned:
+        cleaned = cleaned.replace("-", "+").replace("_", "/")
+    cleaned += "=" * (-len(cleaned) % 4)
+    try:
+        return base64.b64decode(cleaned, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"not valid base64: {exc}") from exc
+
+
+# -- keys, datasets, jobs --------------------------------------------------------------------
+
+
+def require_scope(key: ApiKey, *scopes: Scope) -> None:
+    """403 unless the key holds one of `scopes` (the same check as the native routes)."""
+    if not any(key.allows(scope) for scope in scopes):
+        key.check(scopes[0])
+
+
+def find_dataset(svc: Services, ident: str, *, by_id: bool = True, by_name: bool = True) -> Dataset:
+    """The dataset whose id (first) or name is `ident`; `dataset_not_found` (404) otherwise.
+
+    A name shared by several datasets is ambiguous (400): the caller must use the id.
+    """
+    if by_id and DATASET_ID_RE.match(ident):
+        dataset = svc.store.get_dataset(ident)
+        if dataset is not None:
+            return dataset
+    if by_name:
+        named = [d for d in svc.store.list_datasets() if d.name == ident]
+        if len(named) == 1:
+            return named[0]
+        if len(named) > 1:
+            ids = sorted(d.id for d in named)
+            raise PushbaseError(
+                "ambiguous_dataset_name",
+                f"several datasets are named {ident!r} ({', '.join(ids)}); use the id",
+                400,
+                {"datasets": ids},
+            )
+    raise PushbaseError("dataset_not_found", f"dataset {ident!r} does not exist", 404)
+
+
+def usable(svc: Services, key: ApiKey, ident: str, *scopes: Scope, **lookup: bool) -> Dataset:
+    """A dataset the key may use with one of `scopes`: the scope first (403), then the
+    lookup (404), then the key's dataset list (403).
+
+    A key limited to some datasets gets 403 for any other name, existing or not, as
+    on the native routes: it learns nothing about datasets outside its list.
+    """
+    require_scope(key, *scopes)
+    try:
+        dataset = find_dataset(svc, ident, **lookup)
+    except PushbaseError as exc:
+        if exc.status == 404 and key.datasets is not None:
+            key.check(scopes[0], ident)
+        raise
+    if not key.allows_dataset(dataset.id):
+        key.check(scopes[0], dataset.id)
+    return dataset
+
+
+def writable(svc: Services, key: ApiKey, ident: str, **lookup: bool) -> Dataset:
+    """A dataset the key may push to (write scope)."""
+    return usable(svc, key, ident, Scope.write, **lookup)
+
+
+def visible_job(svc: Services, key: ApiKey, job_id: str) -> Job:
+    """A job the key may follow (read or write scope); 404 when unknown or not the key's."""
+    require_scope(key, Scope.read, Scope.write)
+    job = svc.store.get_job(job_id) if len(job_id) <= 64 else None
+    if job is None or not key.allows_dataset(job.dataset_id):
+        raise PushbaseError("job_not_found", f"job {job_id!r} does not exist", 404)
+    return job
+
+
+def spool(svc: Services, data: bytes, content_type: str) -> Payload:
+    """Backpressure check, then the bytes on durable storage (DESIGN §3)."""
+    check_queue(svc, len(data))
+    return spool_bytes(svc, data, content_type)
+
+
+def spool_rows(svc: Services, rows: list[Any]) -> Payload:
+    """Rows serialised as one JSON array, the form the native API takes."""
+    return spool(svc, orjson.dumps(rows), "application/json")
+
+
+def openapi_body(schema: dict[str, Any], description: str | None = None) -> dict[str, Any]:
+    """`openapi_extra` documenting a JSON request body the route reads itself."""
+    body: dict[str, Any] = {
+        "required": True,
+        "content": {"application/json": {"schema": inline_refs(schema)}},
+    }
+    if description:
+        body["description"] = description
+    return {"requestBody": body}
+
+
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its `$defs` inlined, so it can sit inside OpenAPI as is."""
+    defs = schema.get("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {k: resolve(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)

@@ -1,0 +1,641 @@
+"""The PostgreSQL store: catalog, jobs, payloads and dataset tables in one database.
+
+Many `pushbase serve` and `pushbase worker` processes share it (DESIGN §6):
+
+- A job is claimed by a worker that first takes a session-level advisory lock on
+  its dataset, then the dataset's oldest pending job (`FOR UPDATE SKIP LOCKED`).
+  The lock is held until the job is finished, so one dataset's jobs run one at a
+  time, in `seq` order, across every process.
+- A worker that dies loses its connection, PostgreSQL drops its lock and rolls back
+  its open transaction; the job is still `running` and is the dataset's oldest
+  pending job, so the next worker to lock the dataset runs it again. The write and
+  the job's outcome commit together, so it is applied exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+from psycopg_pool import ConnectionPool
+
+from pushbase.auth import ApiKey
+from pushbase.decode import DecodedBatch, RowError
+from pushbase.decode.coerce import ARROW_TYPES
+from pushbase.errors import PushbaseError
+from pushbase.jobs.model import Job, JobError, JobPhase, JobStatus
+from pushbase.schema import Column, ColumnType, Dataset
+from pushbase.settings import Settings
+from pushbase.storage.base import RowQuery, Store
+from pushbase.storage.spool import Spool
+from pushbase.storage.sql import quote
+from pushbase.storage.writer import AtomicViolation, SqlWriter
+
+SQL_TYPES = {
+    ColumnType.string: "text",
+    ColumnType.integer: "bigint",
+    ColumnType.number: "double precision",
+    ColumnType.boolean: "boolean",
+    ColumnType.date: "date",
+    ColumnType.datetime: "timestamp",  # UTC, µs
+    ColumnType.json: "jsonb",
+}
+MAX_IDENTIFIER_BYTES = 63
+
+MIGRATIONS: list[list[str]] = [
+    [
+        "CREATE TABLE _pb_datasets (id text PRIMARY KEY, doc text NOT NULL)",
+        "CREATE TABLE _pb_keys (id text PRIMARY KEY, key_hash text NOT NULL UNIQUE,"
+        " doc text NOT NULL, revoked boolean NOT NULL DEFAULT false)",
+        "CREATE TABLE _pb_jobs (id text PRIMARY KEY, seq bigserial NOT NULL,"
+        " dataset_id text NOT NULL, status text NOT NULL, idempotency_key text,"
+        " created_at timestamptz NOT NULL, bytes bigint NOT NULL, doc text NOT NULL)",
+        "CREATE INDEX _pb_jobs_pending ON _pb_jobs (dataset_id, seq)"
+        " WHERE status IN ('queued', 'running')",
+        "CREATE INDEX _pb_jobs_seq ON _pb_jobs (seq)",
+        "CREATE UNIQUE INDEX _pb_jobs_idempotency ON _pb_jobs (dataset_id, idempotency_key)"
+        " WHERE idempotency_key IS NOT NULL",
+        "CREATE TABLE _pb_payloads (job_id text PRIMARY KEY, data bytea NOT NULL)",
+    ],
+]
+
+
+def pg_ident(name: str) -> str:
+    """A quoted identifier within PostgreSQL's 63 bytes; long names get a hash suffix."""
+    raw = name.encode()
+    if len(raw) <= MAX_IDENTIFIER_BYTES:
+        return quote(name)
+    digest = hashlib.sha1(raw).hexdigest()[:8]
+    return quote(raw[:54].decode("utf-8", "ignore") + "_" + digest)
+
+
+def pg_table(dataset_id: str) -> str:
+    return pg_ident(f"ds_{dataset_id}")
+
+
+def _param_safe(sql: str) -> str:
+    """Identifiers may hold `%`; with parameters psycopg reads `%%` as a literal `%`."""
+    return sql.replace("%", "%%")
+
+
+class PostgresStore(Store):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.schema = settings.database_schema
+        self.spool = Spool(settings.data_dir / "incoming-pg")  # request bodies before commit
+        self.pool: ConnectionPool | None = None
+        self._claims: dict[str, psycopg.Connection] = {}  # job id → connection holding its lock
+        self._claims_lock = threading.Lock()
+
+    # life cycle -------------------------------------------------------
+    def open(self) -> None:
+        self.spool.prepare()
+        url = self.settings.database_url
+        assert url
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)}")
+        self.pool = ConnectionPool(
+            url,
+            min_size=2,
+            max_size=self.settings.pool_size,
+            kwargs={"autocommit": True},
+            configure=self._configure,
+            open=True,
+            name="pushbase",
+        )
+        self.pool.wait(timeout=30)
+        with self._conn() as conn, conn.transaction():
+            # One process migrates at a time.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [self._lock_key("migrate")])
+            conn.execute("CREATE TABLE IF NOT EXISTS _pb_version (version integer NOT NULL)")
+            current = conn.execute("SELECT max(version) FROM _pb_version").fetchone()[0] or 0
+            for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute("INSERT INTO _pb_version VALUES (%s)", [version])
+
+    def _configure(self, conn: psycopg.Connection) -> None:
+        conn.execute(f"SET search_path TO {quote(self.schema)}")
+        conn.execute("SET TIME ZONE 'UTC'")
+
+    def close(self) -> None:
+        with self._claims_lock:
+            claims = list(self._claims)
+        for job_id in claims:
+            self.release(job_id)
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    def ping(self) -> bool:
+        try:
+            with self._conn() as conn:
+                conn.execute("SELECT 1")
+            return True
+        except Exception:
+            return False
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection]:
+        if self.pool is None:
+            raise PushbaseError("store_closed", "the store is not open", 503)
+        with self.pool.connection() as conn:
+            yield conn
+
+    def _lock_key(self, name: str) -> int:
+        """A 64-bit advisory lock key, distinct per schema so stores never collide."""
+        digest = hashlib.sha256(f"pushbase:{self.schema}:{name}".encode()).digest()
+        return int.from_bytes(digest[:8], "big", signed=True)
+
+    # datasets ---------------------------------------------------------
+    def create_dataset(self, dataset: Dataset) -> None:
+        columns = ", ".join(self._column_ddl(c) for c in dataset.columns)
+        if dataset.unique_key:
+            columns += f", PRIMARY KEY ({', '.join(pg_ident(k) for k in dataset.unique_key)})"
+        try:
+            with self._conn() as conn, conn.transaction():
+                conn.execute(
+                    "INSERT INTO _pb_datasets VALUES (%s, %s)",
+                    [dataset.id, dataset.model_dump_json(exclude={"row_count"})],
+                )
+                conn.execute(f"DROP TABLE IF EXISTS {pg_table(dataset.id)}")
+                conn.execute(f"CREATE TABLE {pg_table(dataset.id)} ({columns})")
+        except psycopg.errors.UniqueViolation as exc:
+            raise PushbaseError(
+                "dataset_exists", f"dataset {dataset.id!r} already exists", 409
+            ) from exc
+
+    @staticmethod
+    def _column_ddl(column: Column) -> str:
+        ddl = f"{pg_ident(column.name)} {SQL_TYPES[column.type]}"
+        return ddl if column.nullable else f"{ddl} NOT NULL"
+
+    def get_dataset(self, dataset_id: str) -> Dataset | None:
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT doc FROM _pb_datasets WHERE id = %s", [dataset_id]
+            ).fetchone()
+        return Dataset.model_validate_json(row[0]) if row else None
+
+    def list_datasets(self) -> list[Dataset]:
+        with self._conn() as conn:
+            rows = conn.execute("SELECT doc FROM _pb_datasets ORDER BY id").fetchall()
+        return [Dataset.model_validate_json(r[0]) for r in rows]
+
+    def update_dataset(self, dataset: Dataset, add_columns: list[Column]) -> None:
+        with self._conn() as conn, conn.transaction():
+            self._update_dataset(conn, dataset, add_columns)
+
+    def _update_dataset(
+        self, conn: psycopg.Connection, dataset: Dataset, add_columns: list[Column]
+    ) -> None:
+        for column in add_columns:
+            conn.execute(
+                f"ALTER TABLE {pg_table(dataset.id)} ADD COLUMN"
+                f" {pg_ident(column.name)} {SQL_TYPES[column.type]}"
+            )
+        conn.execute(
+            "UPDATE _pb_datasets SET doc = %s WHERE id = %s",
+            [dataset.model_dump_json(exclude={"row_count"}), dataset.id],
+        )
+
+    def drop_dataset(self, dataset_id: str) -> bool:
+        with self._conn() as conn, conn.transaction():
+            found = conn.execute("DELETE FROM _pb_datasets WHERE id = %s", [dataset_id]).rowcount
+            if found:
+                conn.execute(f"DROP TABLE IF EXISTS {pg_table(dataset_id)}")
+        return bool(found)
+
+    def row_count(self, dataset_id: str) -> int:
+        with self._conn() as conn:
+            return conn.execute(f"SELECT count(*) FROM {pg_table(dataset_id)}").fetchone()[0]
+
+    # rows -------------------------------------------------------------
+    def _select_list(self, dataset: Dataset) -> str:
+        return ", ".join(
+            f"{pg_ident(c.name)}::text" if c.type is ColumnType.json else pg_ident(c.name)
+            for c in dataset.columns
+        )
+
+    def _default_order(self, dataset: Dataset) -> str:
+        return ", ".join(pg_ident(k) for k in dataset.unique_key) or "ctid"
+
+    @staticmethod
+    def _to_arrow(dataset: Dataset, rows: list[tuple[Any, ...]]) -> pa.Table:
+        columns = list(zip(*rows, strict=True)) if rows else [() for _ in dataset.columns]
+        arrays = {}
+        for column, values in zip(dataset.columns, columns, strict=True):
+            if column.type is ColumnType.json:  # jsonb prints with spaces: back to compact JSON
+                values = tuple(
+                    v if v is None else orjson.dumps(orjson.loads(v)).decode() for v in values
+                )
+            arrays[column.name] = pa.array(list(values), ARROW_TYPES[column.type])
+        return pa.table(arrays)
+
+    def read_rows(self, dataset: Dataset, query: RowQuery) -> tuple[pa.Table, int]:
+        clauses = [
+            f"{pg_ident(name)} IS NULL" if value is None else f"{pg_ident(name)} = %s"
+            for name, value in query.filters.items()
+        ]
+        params = [v for v in query.filters.values() if v is not None]
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        order = ", ".join(
+            f"{pg_ident(c)} {'DESC' if desc else 'ASC'}" for c, desc in query.order_by
+        ) or self._default_order(dataset)
+        table = pg_table(dataset.id)
+        select = self._select_list(dataset)
+        with self._conn() as conn:
+            total = conn.execute(
+                _param_safe(f"SELECT count(*) FROM {table}") + where, params
+            ).fetchone()[0]
+            rows = conn.execute(
+                _param_safe(f"SELECT {select} FROM {table}") + where
+                + _param_safe(f" ORDER BY {order}") + " LIMIT %s OFFSET %s",
+                [*params, query.limit, query.offset],
+            ).fetchall()  # fmt: skip
+        return self._to_arrow(dataset, rows), total
+
+    def export_batches(self, dataset: Dataset) -> Iterator[pa.RecordBatch]:
+        sql = (
+            f"SELECT {self._select_list(dataset)} FROM {pg_table(dataset.id)}"
+            f" ORDER BY {self._default_order(dataset)}"
+        )
+        with self._conn() as conn, conn.transaction(), conn.cursor(name="export") as cur:
+            cur.execute(sql)
+            while rows := cur.fetchmany(50_000):
+                yield from self._to_arrow(dataset, rows).to_batches()
+
+    # keys -------------------------------------------------------------
+    def add_key(self, key: ApiKey) -> None:
+        with self._conn() as conn:
+            conn.execute(
+                "INSERT INTO _pb_keys (id, key_hash, doc) VALUES (%s, %s, %s)",
+                [key.id, key.key_hash, key.model_dump_json()],
+            )
+
+    def find_key(self, key_hash: str) -> ApiKey | None:
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT doc, key_hash FROM _pb_keys WHERE key_hash = %s AND NOT revoked",
+                [key_hash],
+            ).fetchone()
+        if not row:
+            return None
+        key = ApiKey.model_validate_json(row[0])
+        key.key_hash = row[1]
+        return key
+
+    def list_keys(self) -> list[ApiKey]:
+        with self._conn() as conn:
+            rows = conn.execute("SELECT doc FROM _pb_keys WHERE NOT revoked ORDER BY id").fetchall()
+        return [ApiKey.model_validate_json(r[0]) for r in rows]
+
+    def revoke_key(self, key_id: str) -> bool:
+        with self._conn() as conn:
+            return bool(
+                conn.execute(
+                    "UPDATE _pb_keys SET revoked = true WHERE id = %s AND NOT revoked", [key_id]
+                ).rowcount
+            )
+
+    # jobs -------------------------------------------------------------
+    def incoming_path(self) -> Path:
+        return self.spool.new_incoming()
+
+    def enqueue(self, job: Job, payload: Path | None, window_start: datetime) -> Job:
+        data = payload.read_bytes() if payload is not None else None
+        with self._conn() as conn, conn.transaction():
+            if job.idempotency_key is not None:
+                first = self._idempotent_match(conn, job, window_start)
+                if first is not None:
+                    return first
+            job.seq = conn.execute(
+                "SELECT nextval(pg_get_serial_sequence('_pb_jobs', 'seq'))"
+            ).fetchone()[0]
+            conn.execute(
+                "INSERT INTO _pb_jobs VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    job.id, job.seq, job.dataset_id, job.status.value, job.idempotency_key,
+                    job.created_at, job.bytes, job.model_dump_json(),
+                ],
+            )  # fmt: skip
+            if data is not None:
+                conn.execute("INSERT INTO _pb_payloads VALUES (%s, %s)", [job.id, data])
+        if payload is not None:
+            payload.unlink(missing_ok=True)
+        return job
+
+    def _idempotent_match(
+        self, conn: psycopg.Connection, job: Job, window_start: datetime
+    ) -> Job | None:
+        # Concurrent pushes with one key queue up here; the unique index is the backstop.
+        key = self._lock_key(f"idempotency:{job.dataset_id}:{job.idempotency_key}")
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [key])
+        row = conn.execute(
+            "SELECT doc, created_at FROM _pb_jobs WHERE dataset_id = %s AND idempotency_key = %s",
+            [job.dataset_id, job.idempotency_key],
+        ).fetchone()
+        if not row:
+            return None
+        first = Job.model_validate_json(row[0])
+        if row[1] < window_start:  # expired: the key is free again
+            conn.execute("UPDATE _pb_jobs SET idempotency_key = NULL WHERE id = %s", [first.id])
+            return None
+        if first.payload_hash != job.payload_hash:
+            raise PushbaseError(
+                "idempotency_conflict",
+                "this Idempotency-Key was used with a different payload",
+                409,
+                {"job_id": first.id},
+            )
+        return first
+
+    def get_job(self, job_id: str) -> Job | None:
+        with self._conn() as conn:
+            row = conn.execute("SELECT doc FROM _pb_jobs WHERE id = %s", [job_id]).fetchone()
+        return Job.model_validate_json(row[0]) if row else None
+
+    def list_jobs(
+        self,
+        dataset_id: str | None,
+        status: JobStatus | None,
+        limit: int,
+        datasets: list[str] | None,
+    ) -> list[Job]:
+        clauses, params = [], []
+        if dataset_id is not None:
+            clauses.append("dataset_id = %s")
+            params.append(dataset_id)
+        if status is not None:
+            clauses.append("status = %s")
+            params.append(status.value)
+        if datasets is not None:
+            clauses.append("dataset_id = ANY(%s)")
+            params.append(datasets)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._conn() as conn:
+            rows = conn.execute(
+                f"SELECT doc FROM _pb_jobs{where} ORDER BY seq DESC LIMIT %s", [*params, limit]
+            ).fetchall()
+        return [Job.model_validate_json(r[0]) for r in rows]
+
+    def claim_job(self, busy_datasets: set[str]) -> Job | None:
+        assert self.pool is not None
+        conn = self.pool.getconn()
+        try:
+            heads = conn.execute(
+                "SELECT dataset_id FROM (SELECT DISTINCT ON (dataset_id) dataset_id, seq"
+                " FROM _pb_jobs WHERE status IN ('queued', 'running') ORDER BY dataset_id, seq) h"
+                " ORDER BY seq LIMIT 100"
+            ).fetchall()
+            for (dataset_id,) in heads:
+                if dataset_id in busy_datasets:
+                    continue
+                job = self._claim_dataset(conn, dataset_id)
+                if job is not None:
+                    with self._claims_lock:
+                        self._claims[job.id] = conn
+                    return job
+        except BaseException:
+            self._give_back(conn)
+            raise
+        self.pool.putconn(conn)
+        return None
+
+    def _claim_dataset(self, conn: psycopg.Connection, dataset_id: str) -> Job | None:
+        """Lock the dataset for this connection and take its oldest pending job."""
+        lock = self._lock_key(f"dataset:{dataset_id}")
+        if not conn.execute("SELECT pg_try_advisory_lock(%s)", [lock]).fetchone()[0]:
+            return None  # another worker is on this dataset
+        with conn.transaction():
+            row = conn.execute(
+                "SELECT doc, seq = (SELECT min(seq) FROM _pb_jobs WHERE dataset_id = %s"
+                "   AND status IN ('queued', 'running')) FROM _pb_jobs"
+                " WHERE dataset_id = %s AND status IN ('queued', 'running')"
+                " ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED",
+                [dataset_id, dataset_id],
+            ).fetchone()
+            # Not the head (a cancel holds it right now): leave the dataset for later.
+            if row is not None and row[1]:
+                job = Job.model_validate_json(row[0])
+                job.status, job.phase = JobStatus.running, JobPhase.decoding
+                job.started_at = datetime.now(UTC)
+                self._save_job(conn, job)
+                return job
+        conn.execute("SELECT pg_advisory_unlock(%s)", [lock])
+        return None
+
+    def release(self, job_id: str) -> None:
+        with self._claims_lock:
+            conn = self._claims.pop(job_id, None)
+        if conn is not None:
+            self._give_back(conn)
+
+    def _give_back(self, conn: psycopg.Connection) -> None:
+        assert self.pool is not None
+        try:
+            if not conn.closed:
+                conn.execute("SELECT pg_advisory_unlock_all()")
+        except psycopg.Error:
+            pass  # a broken connection: the pool discards it and PostgreSQL drops its locks
+        self.pool.putconn(conn)
+
+    @staticmethod
+    def _save_job(conn: psycopg.Connection, job: Job) -> None:
+        conn.execute(
+            "UPDATE _pb_jobs SET status = %s, doc = %s WHERE id = %s",
+            [job.status.value, job.model_dump_json(), job.id],
+        )
+
+    def read_payload(self, job: Job) -> bytes:
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT data FROM _pb_payloads WHERE job_id = %s", [job.id]
+            ).fetchone()
+        if row is None:
+            raise PushbaseError("payload_missing", "the job's payload is gone", 500)
+        return bytes(row[0])
+
+    def set_phase(self, job_id: str, phase: JobPhase, progress: int) -> None:
+        job = self.get_job(job_id)
+        if job is None:
+            return
+        job.phase, job.progress = phase, progress
+        with self._conn() as conn:
+            self._save_job(conn, job)
+
+    def cancel_job(self, job_id: str) -> Job | None:
+        with self._conn() as conn, conn.transaction():
+            row = conn.execute(
+                "SELECT doc FROM _pb_jobs WHERE id = %s AND status = 'queued' FOR UPDATE",
+                [job_id],
+            ).fetchone()
+            if row is None:
+                return None
+            job = Job.model_validate_json(row[0])
+            job.status, job.finished_at = JobStatus.cancelled, datetime.now(UTC)
+            self._save_job(conn, job)
+            conn.execute("DELETE FROM _pb_payloads WHERE job_id = %s", [job_id])
+        return job
+
+    def _finish(self, conn: psycopg.Connection, job: Job) -> None:
+        self._save_job(conn, job)
+        conn.execute("DELETE FROM _pb_payloads WHERE job_id = %s", [job.id])
+
+    def fail_job(self, job: Job, error: JobError, errors: list[RowError] | None = None) -> Job:
+        job.status, job.phase, job.error = JobStatus.failed, None, error
+        job.finished_at = datetime.now(UTC)
+        if errors:
+            job.errors = [e.to_dict() for e in errors[: self.settings.max_row_errors]]
+            job.errors_total = len(errors)
+            job.stats.failed = len({e.row for e in errors})
+        with self._conn() as conn, conn.transaction():
+            self._finish(conn, job)
+        return job
+
+    def recover(self) -> int:
+        return 0  # a dead worker's job is retried as soon as its dataset lock is free
+
+    def purge(self, before: datetime) -> int:
+        with self._conn() as conn, conn.transaction():
+            return conn.execute(
+                "DELETE FROM _pb_jobs WHERE status IN ('succeeded', 'failed', 'cancelled')"
+                " AND created_at < %s",
+                [before],
+            ).rowcount
+
+    def pending_bytes(self) -> int:
+        with self._conn() as conn:
+            return conn.execute(
+                "SELECT coalesce(sum(bytes), 0) FROM _pb_jobs WHERE status IN ('queued', 'running')"
+            ).fetchone()[0]
+
+    # the write --------------------------------------------------------
+    def apply(self, job: Job, dataset: Dataset, batch: DecodedBatch | None) -> Job:
+        with self._claims_lock:
+            conn = self._claims.get(job.id)
+        if conn is None:
+            raise PushbaseError("not_claimed", f"job {job.id} is not claimed here", 500)
+        try:
+            with conn.transaction():
+                if batch is not None and batch.new_columns:
+                    dataset.columns.extend(batch.new_columns)
+                    dataset.updated_at = datetime.now(UTC)
+                    self._update_dataset(conn, dataset, batch.new_columns)
+                writer = PostgresWriter(conn, dataset, batch)
+                stats, write_errors = writer.run(job.method)
+                errors = sorted(
+                    [*(batch.errors if batch else []), *write_errors],
+                    key=lambda e: (e.row, e.column or ""),
+                )
+                if job.atomic and errors:
+                    raise AtomicViolation(errors)
+                stats.failed = len({e.row for e in errors})
+                if batch is not None:
+                    stats.received = batch.received
+                    stats.ignored_fields = batch.ignored_fields
+                job.status, job.phase, job.progress = JobStatus.succeeded, None, 100
+                job.finished_at = datetime.now(UTC)
+                job.stats = stats
+                job.errors = [e.to_dict() for e in errors[: self.settings.max_row_errors]]
+                job.errors_total = len(errors)
+                self._finish(conn, job)
+        except AtomicViolation as violation:
+            return self.fail_job(
+                job,
+                JobError(
+                    code="atomic_violation", message="atomic job had row errors; nothing written"
+                ),
+                violation.errors,
+            )
+        return job
+
+
+class PostgresWriter(SqlWriter):
+    def __init__(self, conn: psycopg.Connection, dataset: Dataset, batch: DecodedBatch | None):
+        super().__init__(dataset, batch, pg_table(dataset.id))
+        self.conn = conn
+        if batch is not None:
+            self._reject_nul_text()
+
+    def _reject_nul_text(self) -> None:
+        """PostgreSQL text cannot hold NUL: such rows fail here instead of failing the job."""
+        assert self.batch is not None
+        table = self.batch.table
+        bad = None
+        for name in table.column_names:
+            column = table.column(name)
+            if pa.types.is_string(column.type):
+                has_nul = pc.fill_null(pc.match_substring(column, "\x00"), False)
+                bad = has_nul if bad is None else pc.or_(bad, has_nul)
+        if bad is None or not pc.any(bad).as_py():
+            return
+        self.rejected = [
+            RowError(row, None, "invalid_value", "text may not contain the NUL character")
+            for row in pc.filter(table.column("__row"), bad).to_pylist()
+        ]
+        keep = pc.invert(bad)
+        self.batch.table = table.filter(keep)
+        self.batch.present = {n: m.filter(keep) for n, m in self.batch.present.items()}
+
+    def ident(self, column: str) -> str:
+        return pg_ident(column)
+
+    def sql_type(self, column: Column) -> str:
+        return SQL_TYPES[column.type]
+
+    def execute(self, sql: str) -> None:
+        self.conn.execute(sql)
+
+    def dml(self, sql: str) -> int:
+        return self.conn.execute(sql).rowcount
+
+    def fetch(self, sql: str) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql).fetchall()
+
+    def stage(self, staged: pa.Table) -> None:
+        types = []
+        columns = {c.name: c for c in self.dataset.columns}
+        by_position = {f"c{p}": columns[name] for name, p in self.positions.items()}
+        for name in staged.column_names:
+            if name in by_position:
+                types.append(f"{name} {SQL_TYPES[by_position[name].type]}")
+            elif name == "r":
+                types.append("r bigint")
+            else:
+                types.append(f"{name} boolean")
+        self.conn.execute(f"CREATE TEMP TABLE {self.stg} ({', '.join(types)}) ON COMMIT DROP")
+        buffer = io.BytesIO()
+        # Every valid value quoted: an unquoted empty field is NULL, "" the empty string.
+        options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
+        pacsv.write_csv(staged, buffer, write_options=options)
+        with self.conn.cursor().copy(f"COPY {self.stg} FROM STDIN (FORMAT csv)") as copy:
+            copy.write(buffer.getbuffer())
+
+    def last_value(self, value: str, mask: str | None) -> str:
+        where = f" FILTER (WHERE {mask})" if mask else ""
+        return f"(array_agg({value} ORDER BY r DESC){where})[1]"
+
+    def write_merged(self, columns: str, any_existing: bool) -> None:
+        keys = ", ".join(pg_ident(k) for k in self.dataset.unique_key)
+        updates = ", ".join(
+            f"{pg_ident(c.name)} = EXCLUDED.{pg_ident(c.name)}"
+            for c in self.dataset.columns
+            if c.name not in self.dataset.unique_key
+        )
+        action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+        self.execute(
+            f"INSERT INTO {self.table} ({columns}) SELECT {columns} FROM {self.mrg}"
+            f" WHERE NOT _bad ON CONFLICT ({keys}) {action}"
+        )
