@@ -339,40 +339,35 @@ def dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows per phase")
-    parser.add_argument("--quick", action="store_true", help="100,000 rows per phase")
-    parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients")
-    parser.add_argument("--batch-bytes", type=int, default=1_000_000, help="JSON bytes per push")
-    parser.add_argument("--workers", type=int, default=None, help="PUSHBASE_WORKERS for the server")
-    parser.add_argument(
-        "--env", action="append", default=[], metavar="KEY=VALUE", help="extra server setting"
-    )
-    parser.add_argument("--url", help="benchmark a running server instead of starting one")
-    parser.add_argument("--api-key", help="admin key for --url")
-    parser.add_argument("--dataset", default="users")
-    parser.add_argument("--job-timeout", type=float, default=1800.0)
-    parser.add_argument("--keep", action="store_true", help="keep the temporary data dir")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.rows = 100_000
+PG_URL = os.environ.get("PUSHBASE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
+
+def drop_pg_schema(schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def bench_backend(args: argparse.Namespace, backend: str) -> tuple[list[PhaseResult], int, int]:
+    """Run both phases on a fresh server of one backend: (results, peak RSS, exit code)."""
     server: ServerProcess | None = None
     data_dir: Path | None = None
+    schema = None
     if args.url:
-        if not args.api_key:
-            parser.error("--url needs --api-key")
         url, api_key = args.url.rstrip("/"), args.api_key
     else:
         data_dir = Path(tempfile.mkdtemp(prefix="pushbase-bench-"))
         extra = dict(item.split("=", 1) for item in args.env)
+        if backend == "postgres":
+            schema = f"pbbench_{os.getpid()}"
+            extra |= {"PUSHBASE_DATABASE_URL": PG_URL, "PUSHBASE_DATABASE_SCHEMA": schema}
         server = ServerProcess(
             data_dir / "data", workers=args.workers, env=extra, log_path=data_dir / "server.log"
         )
         server.start(timeout=60)
         url, api_key = server.url, server.admin_key
-        print(f"server pid {server.pid} at {url}, data dir {data_dir}", flush=True)
+        print(f"[{backend}] server pid {server.pid} at {url}, data dir {data_dir}", flush=True)
 
     sampler = RssSampler(server)
     sampler.start()
@@ -386,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             if response.status_code != 201:
                 print(f"create dataset: {response.status_code} {response.text}", file=sys.stderr)
-                return 2
+                return results, 0, 2
 
         n = args.rows
         results.append(run_phase("insert", "insert", list(range(n)), 1, args, url, api_key))
@@ -410,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
                 checks.append(len(rows) == 1 and rows[0].get("email") == want["email"])
         ok = row_count == expected_rows and all(checks)
         print(
-            f"row_count {row_count} (expected {expected_rows}); spot checks "
+            f"[{backend}] row_count {row_count} (expected {expected_rows}); spot checks "
             f"{'ok' if all(checks) else checks}",
             flush=True,
         )
@@ -421,34 +416,75 @@ def main(argv: list[str] | None = None) -> int:
         hwm = server.peak_rss_bytes() if server else 0
         if server:
             code = server.stop(timeout=60)
-            print(f"server stopped (exit code {code})")
+            print(f"[{backend}] server stopped (exit code {code})")
         if data_dir is not None:
             store = dir_size(data_dir / "data") if (data_dir / "data").exists() else 0
-            print(f"data dir size {store / 1e6:.0f} MB")
+            print(f"[{backend}] data dir size {store / 1e6:.0f} MB")
             if args.keep:
                 print(f"kept {data_dir}")
             else:
                 shutil.rmtree(data_dir, ignore_errors=True)
-
+        if schema and not args.keep:
+            drop_pg_schema(schema)
     peak = max(sampler.peak, hwm)
-    print()
     print(
-        f"peak server RSS: {peak / 2**20:.0f} MiB (sampled {sampler.peak / 2**20:.0f} MiB, "
-        f"VmHWM {hwm / 2**20:.0f} MiB)"
+        f"[{backend}] peak server RSS: {peak / 2**20:.0f} MiB (sampled "
+        f"{sampler.peak / 2**20:.0f} MiB, VmHWM {hwm / 2**20:.0f} MiB)"
     )
+    return results, peak, exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows per phase")
+    parser.add_argument("--quick", action="store_true", help="100,000 rows per phase")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients")
+    parser.add_argument("--batch-bytes", type=int, default=1_000_000, help="JSON bytes per push")
+    parser.add_argument("--workers", type=int, default=None, help="PUSHBASE_WORKERS for the server")
+    parser.add_argument(
+        "--backend",
+        choices=["duckdb", "postgres", "both"],
+        default="both",
+        help="store to benchmark (postgres: PUSHBASE_TEST_DATABASE_URL, a schema of its own)",
+    )
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="extra server setting"
+    )
+    parser.add_argument("--url", help="benchmark a running server instead of starting one")
+    parser.add_argument("--api-key", help="admin key for --url")
+    parser.add_argument("--dataset", default="users")
+    parser.add_argument("--job-timeout", type=float, default=1800.0)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary data dir")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rows = 100_000
+    if args.url and not args.api_key:
+        parser.error("--url needs --api-key")
+    backends = ["duckdb", "postgres"] if args.backend == "both" else [args.backend]
+    if args.url:
+        backends = ["server"]
+
+    table: list[tuple[str, PhaseResult, int]] = []
+    exit_code = 0
+    for backend in backends:
+        results, peak, code = bench_backend(args, backend)
+        exit_code = max(exit_code, code)
+        table.extend((backend, r, peak) for r in results)
+
     print()
     print(
-        "| date | commit | cpus | rows | clients | batch | phase | rows/s | accepted in | "
+        "| date | commit | cpus | store | rows | clients | batch | phase | rows/s | accepted in | "
         "failed jobs/rows | peak RSS |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in results:
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for backend, r, peak in table:
         print(
-            f"| {time.strftime('%Y-%m-%d')} | {git_commit()} | {os.cpu_count()} | {r.rows:,} | "
-            f"{args.clients} | {args.batch_bytes / 1e6:g} MB | {r.name} | {r.rows_per_s:,.0f} | "
-            f"{r.accept_seconds:.1f}s | {r.failed_jobs}/{r.failed_rows} | {peak / 2**20:.0f} MiB |"
+            f"| {time.strftime('%Y-%m-%d')} | {git_commit()} | {os.cpu_count()} | {backend} | "
+            f"{r.rows:,} | {args.clients} | {args.batch_bytes / 1e6:g} MB | {r.name} | "
+            f"{r.rows_per_s:,.0f} | {r.accept_seconds:.1f}s | {r.failed_jobs}/{r.failed_rows} | "
+            f"{peak / 2**20:.0f} MiB |"
         )
-    print(f"\n({platform.python_implementation()} {platform.python_version()}, {url})")
+    print(f"\n({platform.python_implementation()} {platform.python_version()})")
     return exit_code
 
 

@@ -322,3 +322,23 @@ def wait_job(
 
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class WorkerProcess(ServerProcess):
+    """One `pushbase worker` subprocess (PostgreSQL store): no HTTP, ready once it logs so."""
+
+    READY_LINE = b"pushbase worker:"
+
+    def command(self) -> list[str]:
+        return [self.python, "-m", "pushbase", "worker"]
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self.proc.poll() if self.proc else None
+            if code is not None:
+                raise ServerError(f"worker exited with code {code}\n{self.log_tail()}")
+            if self.READY_LINE in self.log_path.read_bytes().split(b"=====")[-1]:
+                return
+            time.sleep(0.1)
+        raise ServerError(f"worker not ready after {timeout:.0f}s\n{self.log_tail()}")

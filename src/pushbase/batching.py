@@ -53,6 +53,7 @@ _EXTENSIONS = {
 ORJSON_OPTIONS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z | orjson.OPT_SERIALIZE_NUMPY
 _READ_CHUNK = 4 * 1024 * 1024
 _BLANK_LINE = re.compile(rb"(?m)^[ \t\r]*$")
+_EMPTY_LINE = re.compile(rb"(?m)^\r?$")
 
 
 class BatchError(ValueError):
@@ -180,25 +181,24 @@ def _first_boundary(buf: bytes, quoted: bool) -> int:
     return pos + 1
 
 
-def _blank_lines(chunk: bytes) -> int:
-    if b"\n\n" not in chunk and b"\n\r\n" not in chunk and b"\n " not in chunk:
-        return 0 if chunk.strip() else 1
-    lines = len(_BLANK_LINE.findall(chunk))
-    return lines - (1 if chunk.endswith(b"\n") else 0)  # the empty "line" after the last \n
+def _blank_lines(text: bytes, pattern: re.Pattern[bytes]) -> int:
+    """Lines of `text` the server skips (whitespace-only for NDJSON, empty for CSV)."""
+    blank = len(pattern.findall(text))
+    return blank - (1 if text.endswith(b"\n") or not text else 0)  # the "line" after the last \n
+
+
+def _lines(text: bytes) -> int:
+    return text.count(b"\n") + (0 if not text or text.endswith(b"\n") else 1)
 
 
 def _count_ndjson_rows(chunk: bytes) -> int:
-    lines = chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
-    return lines - _blank_lines(chunk)
+    return _lines(chunk) - _blank_lines(chunk, _BLANK_LINE)
 
 
 def _count_csv_rows(chunk: bytes) -> int:
-    newlines = chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
-    if b'"' in chunk:
-        newlines -= b"".join(chunk.split(b'"')[1::2]).count(b"\n")  # inside quotes
-    if b"\n\n" in chunk or b"\n\r\n" in chunk or chunk.startswith((b"\n", b"\r\n")):
-        newlines -= len(re.findall(rb"(?:^|\n)\r?(?=\n)", chunk))
-    return newlines
+    if b'"' in chunk:  # quoted fields (odd pieces between quotes) reduced to one character
+        chunk = b"Q".join(chunk.split(b'"')[0::2])
+    return _lines(chunk) - _blank_lines(chunk, _EMPTY_LINE)
 
 
 def _ndjson_locator(chunk: bytes, first_line: int, first_row: int, name: str):
@@ -556,8 +556,9 @@ def arrow_batches(
             return Location(row, None, f"{label} {row + 1}")
 
         content_type = CONTENT_TYPES["csv" if as_csv else "ndjson"]
-        yield Batch(index, body, content_type, n, first_row, first_row, first_row + n, locate,
-                    identity)  # fmt: skip
+        yield Batch(
+            index, body, content_type, n, first_row, first_row, first_row + n, locate, identity
+        )
         index += 1
         first_row += n
         pending = pending.slice(n)

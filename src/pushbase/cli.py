@@ -1,23 +1,57 @@
-"""The `pushbase` command."""
+"""The `pushbase` command: the server (`serve`, `worker`) and a client for it.
+
+Client commands find the server and key in `--url` / `--key` (before or after the
+command name) or `PUSHBASE_URL` / `PUSHBASE_API_KEY`. Exit codes: 0 done, 1 rows or jobs
+failed, 2 the command could not do its work (bad input, HTTP error, server unreachable),
+130 interrupted.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from pushbase.settings import Settings
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from pushbase.client import Client, PushResult
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 app = typer.Typer(help="pushbase: push data into managed, typed datasets over HTTP.",
                   no_args_is_help=True)  # fmt: skip
+keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Datasets: create, list, show, drop.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Jobs: show, list, watch.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(jobs_app, name="jobs")
+
+UrlOption = Annotated[
+    str | None, typer.Option("--url", help="server URL [env PUSHBASE_URL; http://127.0.0.1:8000]")
+]
+KeyOption = Annotated[
+    str | None, typer.Option("--key", "--api-key", help="API key [env PUSHBASE_API_KEY]")
+]
+ApiKeyOption = Annotated[
+    str | None, typer.Option("--api-key", help="API key [env PUSHBASE_API_KEY]")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="print the raw JSON document")]
 
 
 @app.callback()
-def main() -> None:
+def main(ctx: typer.Context, url: UrlOption = None, key: KeyOption = None) -> None:
     """pushbase command line."""
+    ctx.obj = {"url": url, "key": key}
 
 
 @app.command()

@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from pushbase import __version__
 from pushbase.api import datasets, errors, jobs, keys, records, system
 from pushbase.auth import Scope
+from pushbase.dialects import dengage, graphite, obsrv, qrvey
 from pushbase.ingest import Services
 from pushbase.jobs import JobRunner
 from pushbase.settings import Settings
@@ -58,6 +59,6 @@ def create_app(settings: Settings | None = None, workers: int | None = None) -> 
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (datasets, records, jobs, keys, system):
+    for module in (datasets, records, jobs, keys, system, qrvey, obsrv, dengage, graphite):
         app.include_router(module.router)
     return app

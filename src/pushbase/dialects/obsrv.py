@@ -122,7 +122,7 @@ class DataIn(BaseModel):
     ts: str | None = None
     params: RequestParams
     data: dict[str, Any] | list[dict[str, Any]] = Field(
-        description="an event, an array of events, or {\"events\": [...]}"
+        description='an event, an array of events, or {"events": [...]}'
     )
 
 
@@ -196,9 +196,7 @@ async def data_in(dataset_id: str, request: Request, svc: ServicesDep, key: KeyD
     dataset = await run_in_threadpool(writable, svc, key, dataset_id.strip())
     method = WriteMethod.upsert if dataset.unique_key else WriteMethod.insert
     payload = await run_in_threadpool(spool_rows, svc, events)
-    submission = Submission(
-        dataset, method, payload, source=SOURCE, idempotency_key=msgid or None
-    )
+    submission = Submission(dataset, method, payload, source=SOURCE, idempotency_key=msgid or None)
     job = await submit(svc, submission)
     result = {"message": "Data ingested successfully", "jobId": job.id}
     return JSON(envelope(request, "SUCCESS", "OK", result))

@@ -1,0 +1,123 @@
+"""Many processes over one PostgreSQL (DESIGN §6): two `serve`, one `worker`, one of them killed.
+
+Eight clients push 200 jobs across three datasets through both API processes. Each
+client owns one row per dataset and upserts it again and again with a growing `seq`,
+waiting for each acknowledgement before the next push: the acceptance order of a
+client's pushes is fixed, so the row must end with the client's last `seq`, and each
+job must see the previous one applied (its first push inserts, every later one updates).
+Mid-run the worker process is SIGKILLed; its jobs must be finished by the others.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+
+import httpx
+import pytest
+from conftest import PG_URL, drop_schema, postgres_or_skip
+from serverproc import ServerProcess, WorkerProcess
+
+pytestmark = pytest.mark.slow
+
+DATASETS = ["orders", "events", "users"]
+CLIENTS = 8
+JOBS = 200
+ROWS_PER_JOB = 50
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    postgres_or_skip()
+    schema = f"pbt_{secrets.token_hex(6)}"
+    env = {"PUSHBASE_DATABASE_URL": PG_URL, "PUSHBASE_DATABASE_SCHEMA": schema,
+           "PUSHBASE_WORKERS": "2"}  # fmt: skip
+    processes = [
+        ServerProcess(tmp_path / "api1", env=env),
+        ServerProcess(tmp_path / "api2", env=env),
+        WorkerProcess(tmp_path / "worker", env={**env, "PUSHBASE_WORKERS": "3"}),
+    ]
+    try:
+        for process in processes:
+            process.start()
+        yield processes
+    finally:
+        for process in processes:
+            process.kill()
+        drop_schema(schema)
+
+
+def test_two_api_processes_and_a_killed_worker_lose_and_double_nothing(cluster):
+    api1, api2, worker = cluster
+    with api1.client() as admin:
+        for name in DATASETS:
+            response = admin.post("/v1/datasets", json={
+                "id": name,
+                "columns": [{"name": "client", "type": "integer"}, {"name": "slot", "type": "integer"},
+                            {"name": "seq", "type": "integer"}, {"name": "note"}],
+                "unique_key": ["client", "slot"],
+            })  # fmt: skip
+            assert response.status_code == 201, response.text
+
+    acknowledged: list[tuple[int, str, int, str]] = []  # (client, dataset, seq, job id)
+    lock = threading.Lock()
+    half_done = threading.Event()
+
+    def run_client(number: int) -> None:
+        api = (api1, api2)[number % 2]
+        with httpx.Client(base_url=api.url, headers=api.headers(), timeout=30) as http:
+            for seq in range(JOBS // CLIENTS):
+                dataset = DATASETS[(number + seq) % len(DATASETS)]
+                rows = [{"client": number, "slot": slot, "seq": seq, "note": f"c{number}s{seq}"}
+                        for slot in range(ROWS_PER_JOB)]  # fmt: skip
+                response = http.post(f"/v1/datasets/{dataset}/records", json=rows)
+                assert response.status_code == 202, response.text
+                with lock:
+                    acknowledged.append((number, dataset, seq, response.json()["job_id"]))
+                    if len(acknowledged) >= JOBS // 2:
+                        half_done.set()
+
+    threads = [threading.Thread(target=run_client, args=(n,)) for n in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    assert half_done.wait(60)
+    worker.kill()  # mid-run, possibly inside a write
+    for thread in threads:
+        thread.join(120)
+    assert len(acknowledged) == JOBS
+
+    jobs = {}
+    deadline = time.monotonic() + 120
+    with api2.client() as http:
+        for _, _, _, job_id in acknowledged:
+            while True:
+                job = http.get(f"/v1/jobs/{job_id}").json()
+                if job["status"] in ("succeeded", "failed", "cancelled"):
+                    break
+                assert time.monotonic() < deadline, f"job {job_id} still {job['status']}"
+                time.sleep(0.05)
+            jobs[job_id] = job
+        assert {j["status"] for j in jobs.values()} == {"succeeded"}
+
+        # Order: per client and dataset, the first push inserts its rows, every later one updates.
+        seen: set[tuple[int, str]] = set()
+        for number, dataset, seq, job_id in sorted(acknowledged, key=lambda a: (a[0], a[2])):
+            stats = jobs[job_id]["stats"]
+            if (number, dataset) in seen:
+                assert (stats["inserted"], stats["updated"]) == (0, ROWS_PER_JOB), (seq, stats)
+            else:
+                assert (stats["inserted"], stats["updated"]) == (ROWS_PER_JOB, 0), (seq, stats)
+                seen.add((number, dataset))
+
+        # Rows: exactly one per (client, slot) a client ever pushed, holding its last seq.
+        last_seq = {}
+        for number, dataset, seq, _ in acknowledged:
+            last_seq[(dataset, number)] = max(seq, last_seq.get((dataset, number), -1))
+        for dataset in DATASETS:
+            rows = http.get(f"/v1/datasets/{dataset}/records", params={"limit": 10000}).json()
+            clients = {c for d, c in last_seq if d == dataset}
+            assert rows["total"] == len(clients) * ROWS_PER_JOB
+            for row in rows["rows"]:
+                assert row["seq"] == last_seq[(dataset, row["client"])], row
+                assert row["note"] == f"c{row['client']}s{row['seq']}"
