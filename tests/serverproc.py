@@ -324,6 +324,13 @@ def wait_job(
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 
+class ApiOnlyProcess(ServerProcess):
+    """`pushbase serve --no-workers`: answers HTTP, applies nothing itself."""
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--no-workers"]
+
+
 class WorkerProcess(ServerProcess):
     """One `pushbase worker` subprocess (PostgreSQL store): no HTTP, ready once it logs so."""
 

@@ -1,11 +1,12 @@
-"""Many processes over one PostgreSQL (DESIGN §6): two `serve`, one `worker`, one of them killed.
+"""Many processes over one PostgreSQL (DESIGN §6): two `serve`, one `worker`, the worker killed.
 
 Eight clients push 200 jobs across three datasets through both API processes. Each
 client owns one row per dataset and upserts it again and again with a growing `seq`,
 waiting for each acknowledgement before the next push: the acceptance order of a
 client's pushes is fixed, so the row must end with the client's last `seq`, and each
 job must see the previous one applied (its first push inserts, every later one updates).
-Mid-run the worker process is SIGKILLed; its jobs must be finished by the others.
+One API process runs no workers (`--no-workers`); mid-run the worker process is
+SIGKILLed, and its jobs must be finished by the workers of the other API process.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 import httpx
 import pytest
 from conftest import PG_URL, drop_schema, postgres_or_skip
-from serverproc import ServerProcess, WorkerProcess
+from serverproc import ApiOnlyProcess, ServerProcess, WorkerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +35,7 @@ def cluster(tmp_path):
     env = {"PUSHBASE_DATABASE_URL": PG_URL, "PUSHBASE_DATABASE_SCHEMA": schema,
            "PUSHBASE_WORKERS": "2"}  # fmt: skip
     processes = [
-        ServerProcess(tmp_path / "api1", env=env),
+        ApiOnlyProcess(tmp_path / "api1", env=env),
         ServerProcess(tmp_path / "api2", env=env),
         WorkerProcess(tmp_path / "worker", env={**env, "PUSHBASE_WORKERS": "3"}),
     ]
