@@ -102,12 +102,16 @@ def worker(
 
 
 def _consoles() -> tuple[Console, Console]:
+    """(stdout, stderr) consoles; wide when not a terminal, so ids are never cut."""
     from rich.console import Console
 
-    return Console(), Console(stderr=True)
+    def width(stream: Any) -> int | None:
+        return None if stream.isatty() or os.environ.get("COLUMNS") else 200
+
+    return Console(width=width(sys.stdout)), Console(stderr=True, width=width(sys.stderr))
 
 
-def _client(ctx: typer.Context, url: str | None, key: str | None, retries: int = 8) -> Client:
+def _client(ctx: typer.Context, url: str | None, key: str | None, retries: int = 2) -> Client:
     from pushbase.client import Client
 
     root = ctx.find_root().obj or {}
@@ -133,6 +137,10 @@ def _errors() -> Iterator[None]:
         status = f" ({exc.status})" if exc.status else ""
         err.print(f"[red]error{status}:[/] {exc.code}: {exc.message}", highlight=False)
         raise typer.Exit(2) from exc
+    except BrokenPipeError as exc:  # `pushbase export ... | head`
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0) from exc
     except (BatchError, OSError, ValueError) as exc:
         _, err = _consoles()
         err.print(f"[red]error:[/] {exc}", highlight=False)

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     queue_max_bytes: int = 1024 * MIB
     optimal_batch_bytes: int = 1 * MIB
     max_wait_seconds: float = 60.0
+    group_max_bytes: int = Field(
+        32 * MIB, description="payload bytes of consecutive jobs written in one transaction"
+    )
     job_retention_seconds: int = 7 * 24 * 3600
     idempotency_window_seconds: int = 24 * 3600
     max_row_errors: int = 100

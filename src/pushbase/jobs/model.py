@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -103,3 +104,24 @@ class Job(BaseModel):
         )
         doc["duration_ms"] = self.duration_ms
         return doc
+
+
+MAX_GROUP_JOBS = 64  # jobs a worker takes at once from one dataset (group commit)
+ATOMIC_ERROR = JobError(
+    code="atomic_violation", message="atomic job had row errors; nothing written"
+)
+
+
+def take_group(candidates: list[Job], joins: Callable[[list[Job], Job], bool]) -> list[Job]:
+    """The first job and the ones right after it that may be written with it."""
+    group = candidates[:1]
+    for job in candidates[1:]:
+        if not joins(group, job):
+            break
+        group.append(job)
+    return group
+
+
+def mark_running(job: Job) -> None:
+    job.status, job.phase = JobStatus.running, JobPhase.decoding
+    job.started_at = utcnow()

@@ -15,14 +15,15 @@ from datetime import UTC, datetime, timedelta
 
 from pushbase.decode import DecodeOptions, decode_payload, format_for, is_gzip
 from pushbase.errors import PushbaseError
-from pushbase.jobs.model import Job, JobError, JobPhase, JobStatus
-from pushbase.schema import WriteMethod
+from pushbase.jobs.model import ATOMIC_ERROR, Job, JobError, JobPhase, JobStatus
+from pushbase.schema import UnknownFields, WriteMethod
 from pushbase.settings import Settings
-from pushbase.storage.base import Store
+from pushbase.storage import Store, Work
 
 log = logging.getLogger("pushbase.jobs")
 
 IDLE_POLL_SECONDS = 0.5
+GROUPABLE = (WriteMethod.insert, WriteMethod.upsert, WriteMethod.delete)
 PURGE_EVERY_SECONDS = 600
 
 
@@ -97,46 +98,77 @@ class JobRunner:
     # the loop ---------------------------------------------------------
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            job = self._claim()
-            if job is None:
+            group = self._claim()
+            if not group:
                 self._maybe_purge()
                 with self._wake:
                     self._wake.wait(IDLE_POLL_SECONDS)
                 continue
             try:
-                self.run_job(job)
+                self.run_group(group)
             finally:
-                try:
-                    self.store.release(job.id)
-                except Exception:
-                    log.exception("releasing job %s failed", job.id)
+                for job in group:
+                    try:
+                        self.store.release(job.id)
+                    except Exception:
+                        log.exception("releasing job %s failed", job.id)
                 with self._busy_lock:
-                    self._busy.discard(job.dataset_id)
-                self._signal(job.id)
-                self.notify()  # the dataset's next job may now run
+                    self._busy.discard(group[0].dataset_id)
+                for job in group:
+                    self._signal(job.id)
+                self.notify()  # the dataset's next jobs may now run
 
-    def _claim(self) -> Job | None:
+    def _claim(self) -> list[Job]:
         with self._busy_lock:
             try:
-                job = self.store.claim_job(set(self._busy))
+                group = self.store.claim_jobs(set(self._busy), self._joins)
             except Exception:
-                log.exception("claiming a job failed")
-                return None
-            if job is not None:
-                self._busy.add(job.dataset_id)
-            return job
+                log.exception("claiming jobs failed")
+                return []
+            if group:
+                self._busy.add(group[0].dataset_id)
+            return group
 
-    def run_job(self, job: Job) -> Job:
+    def _joins(self, group: list[Job], job: Job) -> bool:
+        """Whether `job` may be written in one transaction with the jobs before it.
+
+        Only plain inserts, upserts and deletes group; atomic jobs, replace and
+        delete-all run alone. Upserts into a dataset with required non-key columns,
+        and datasets whose schema evolves, run alone too: there, a later job can
+        change whether an earlier row is valid.
+        """
+        head = group[0]
+        if head.method not in GROUPABLE or job.method is not head.method:
+            return False
+        if head.atomic or job.atomic:
+            return False
+        if sum(j.bytes for j in group) + job.bytes > self.settings.group_max_bytes:
+            return False
+        dataset = self.store.get_dataset(head.dataset_id)
+        if dataset is None or dataset.unknown_fields is UnknownFields.evolve:
+            return False
+        required = [
+            c for c in dataset.columns if not c.nullable and c.name not in dataset.unique_key
+        ]
+        return not (head.method is WriteMethod.upsert and required)
+
+    def run_group(self, group: list[Job]) -> list[Job]:
+        """Decode each job, then write all that decoded in one transaction."""
         try:
-            dataset = self.store.get_dataset(job.dataset_id)
+            dataset = self.store.get_dataset(group[0].dataset_id)
             if dataset is None:
-                return self._fail(job, "dataset_not_found", "the dataset was dropped")
-            batch = None
-            if job.method is not WriteMethod.delete_all:
-                payload = self.store.read_payload(job)
+                return [
+                    self._fail(j, "dataset_not_found", "the dataset was dropped") for j in group
+                ]
+            works: list[Work] = []
+            done: list[Job] = []
+            for job in group:
+                if job.method is WriteMethod.delete_all:
+                    works.append(Work(job, None))
+                    continue
                 try:
                     batch = decode_payload(
-                        payload,
+                        self.store.read_payload(job),
                         format_for(job.content_type),
                         is_gzip(job.content_encoding),
                         dataset,
@@ -145,23 +177,26 @@ class JobRunner:
                         DecodeOptions.model_validate(job.options),
                     )
                 except PushbaseError as exc:
-                    return self._fail(job, "invalid_payload", exc.message)
-                del payload
+                    done.append(self._fail(job, "invalid_payload", exc.message))
+                    continue
                 if job.atomic and batch.errors:
-                    return self.store.fail_job(
-                        job,
-                        JobError(
-                            code="atomic_violation",
-                            message="atomic job had row errors; nothing written",
-                        ),
-                        batch.errors,
-                    )
-            self.store.set_phase(job.id, JobPhase.writing, 50)
-            job.phase = JobPhase.writing
-            return self.store.apply(job, dataset, batch)
-        except Exception as exc:  # a bug or a store failure: the job fails, the worker lives
-            log.exception("job %s failed", job.id)
-            return self._fail(job, "internal_error", f"{type(exc).__name__}: {exc}")
+                    done.append(self.store.fail_job(job, ATOMIC_ERROR, batch.errors))
+                    continue
+                works.append(Work(job, batch))
+            if not works:
+                return done
+            for work in works:
+                self.store.set_phase(work.job.id, JobPhase.writing, 50)
+                work.job.phase = JobPhase.writing
+            return [*done, *self.store.apply(dataset, works)]
+        except Exception as exc:  # a bug or a store failure: the jobs fail, the worker lives
+            log.exception("jobs %s failed", [j.id for j in group])
+            message = f"{type(exc).__name__}: {exc}"
+            return [self._fail(j, "internal_error", message) for j in group if not self._ended(j)]
+
+    def _ended(self, job: Job) -> bool:
+        current = self.store.get_job(job.id)
+        return current is not None and current.status.finished
 
     def _fail(self, job: Job, code: str, message: str) -> Job:
         return self.store.fail_job(job, JobError(code=code, message=message))

@@ -1,7 +1,8 @@
 """Storage backends behind one interface (DESIGN §6)."""
 
 from pushbase.settings import Settings
-from pushbase.storage.base import Store, WriteResult
+from pushbase.storage.base import GroupRule, Store
+from pushbase.storage.writer import Work
 
 
 def open_store(settings: Settings) -> Store:
@@ -15,4 +16,4 @@ def open_store(settings: Settings) -> Store:
     return DuckDBStore(settings)
 
 
-__all__ = ["Store", "WriteResult", "open_store"]
+__all__ = ["GroupRule", "Store", "Work", "open_store"]

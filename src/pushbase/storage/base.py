@@ -8,7 +8,7 @@ this interface.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -17,17 +17,12 @@ from typing import Any
 import pyarrow as pa
 
 from pushbase.auth import ApiKey
-from pushbase.decode import DecodedBatch, RowError
-from pushbase.jobs.model import Job, JobError, JobPhase, JobStats, JobStatus
+from pushbase.decode import RowError
+from pushbase.jobs.model import Job, JobError, JobPhase, JobStatus
 from pushbase.schema import Column, Dataset
+from pushbase.storage.writer import Work
 
-
-@dataclass
-class WriteResult:
-    """What a store's write did, beyond what decoding already knew."""
-
-    stats: JobStats
-    errors: list[RowError] = field(default_factory=list)  # found at write time (duplicate_key…)
+GroupRule = Callable[[list[Job], Job], bool]
 
 
 @dataclass
@@ -117,8 +112,10 @@ class Store(ABC):
     ) -> list[Job]: ...
 
     @abstractmethod
-    def claim_job(self, busy_datasets: set[str]) -> Job | None:
-        """Take the oldest queued job of a dataset with no job running; mark it running."""
+    def claim_jobs(self, busy_datasets: set[str], joins: GroupRule) -> list[Job]:
+        """Take the oldest pending job of a dataset no one else is running, plus the
+        queued jobs right after it that `joins(group, job)` accepts (group commit);
+        mark them running. Empty when there is nothing to do."""
 
     @abstractmethod
     def release(self, job_id: str) -> None:
@@ -135,8 +132,10 @@ class Store(ABC):
         """Cancel a queued job; None when it is no longer queued."""
 
     @abstractmethod
-    def apply(self, job: Job, dataset: Dataset, batch: DecodedBatch | None) -> Job:
-        """Write the batch (None: delete-all) and finish the job, in one transaction."""
+    def apply(self, dataset: Dataset, works: list[Work]) -> list[Job]:
+        """Write the jobs' rows and record their outcomes, all in one transaction.
+
+        An atomic job with row errors is failed instead and nothing is written."""
 
     @abstractmethod
     def fail_job(self, job: Job, error: JobError, errors: list[RowError] | None = None) -> Job: ...

@@ -13,15 +13,24 @@ import duckdb
 import pyarrow as pa
 
 from pushbase.auth import ApiKey
-from pushbase.decode import DecodedBatch, RowError
+from pushbase.decode import RowError
 from pushbase.errors import PushbaseError
-from pushbase.jobs.model import Job, JobError, JobPhase, JobStatus
+from pushbase.jobs.model import (
+    ATOMIC_ERROR,
+    MAX_GROUP_JOBS,
+    Job,
+    JobError,
+    JobPhase,
+    JobStatus,
+    mark_running,
+    take_group,
+)
 from pushbase.schema import Column, ColumnType, Dataset
 from pushbase.settings import Settings
-from pushbase.storage.base import RowQuery, Store
+from pushbase.storage.base import GroupRule, RowQuery, Store
 from pushbase.storage.spool import Spool
 from pushbase.storage.sql import quote, table_name
-from pushbase.storage.writer import AtomicViolation, SqlWriter
+from pushbase.storage.writer import AtomicViolation, SqlWriter, Work, settle
 
 SQL_TYPES = {
     ColumnType.string: "VARCHAR",
@@ -325,21 +334,25 @@ class DuckDBStore(Store):
             ).fetchall()
         return [Job.model_validate_json(r[0]) for r in rows]
 
-    def claim_job(self, busy_datasets: set[str]) -> Job | None:
+    def claim_jobs(self, busy_datasets: set[str], joins: GroupRule) -> list[Job]:
         with self._jobs_lock, self._cursor() as cur:
-            row = cur.execute(
-                "SELECT doc FROM _pb_jobs WHERE status = 'queued'"
+            head = cur.execute(
+                "SELECT dataset_id FROM _pb_jobs WHERE status = 'queued'"
                 " AND NOT list_contains(?, dataset_id) ORDER BY seq LIMIT 1",
                 [sorted(busy_datasets)],
-            ).fetchone()
-            if not row:
-                return None
-            job = Job.model_validate_json(row[0])
-            job.status = JobStatus.running
-            job.phase = JobPhase.decoding
-            job.started_at = datetime.now(UTC)
-            self._save_job(cur, job)
-            return job
+            ).fetchall()
+            if not head:
+                return []
+            candidates = cur.execute(
+                "SELECT doc FROM _pb_jobs WHERE status = 'queued' AND dataset_id = ?"
+                " ORDER BY seq LIMIT ?",
+                [head[0][0], MAX_GROUP_JOBS],
+            ).fetchall()
+            group = take_group([Job.model_validate_json(r[0]) for r in candidates], joins)
+            for job in group:
+                mark_running(job)
+                self._save_job(cur, job)
+            return group
 
     @staticmethod
     def _save_job(cur: duckdb.DuckDBPyConnection, job: Job) -> None:
@@ -430,48 +443,28 @@ class DuckDBStore(Store):
             self.spool.discard(job_id)
 
     # the write --------------------------------------------------------
-    def apply(self, job: Job, dataset: Dataset, batch: DecodedBatch | None) -> Job:
+    def apply(self, dataset: Dataset, works: list[Work]) -> list[Job]:
         try:
             with self._transaction() as cur:
-                if batch is not None and batch.new_columns:
-                    dataset.columns.extend(batch.new_columns)
+                new_columns = [c for w in works if w.batch for c in w.batch.new_columns]
+                if new_columns:
+                    dataset.columns.extend(new_columns)
                     dataset.updated_at = datetime.now(UTC)
-                    self._update_dataset(cur, dataset, batch.new_columns)
-                writer = DuckDBWriter(cur, dataset, batch)
-                stats, write_errors = writer.run(job.method)
-                errors = sorted(
-                    [*(batch.errors if batch else []), *write_errors],
-                    key=lambda e: (e.row, e.column or ""),
-                )
-                if job.atomic and errors:
-                    raise AtomicViolation(errors)
-                stats.failed = len({e.row for e in errors})
-                if batch is not None:
-                    stats.received = batch.received
-                    stats.ignored_fields = batch.ignored_fields
-                job.status, job.phase, job.progress = JobStatus.succeeded, None, 100
-                job.finished_at = datetime.now(UTC)
-                job.stats = stats
-                job.errors = [e.to_dict() for e in errors[: self.settings.max_row_errors]]
-                job.errors_total = len(errors)
-                self._save_job(cur, job)
+                    self._update_dataset(cur, dataset, new_columns)
+                writer = DuckDBWriter(cur, dataset, works)
+                jobs = settle(writer, works[0].job.method, self.settings.max_row_errors)
+                for job in jobs:
+                    self._save_job(cur, job)
         except AtomicViolation as violation:
-            return self.fail_job(
-                job,
-                JobError(
-                    code="atomic_violation", message="atomic job had row errors; nothing written"
-                ),
-                violation.errors,
-            )
-        self.spool.discard(job.id)
-        return job
+            return [self.fail_job(violation.job, ATOMIC_ERROR, violation.errors)]
+        for job in jobs:
+            self.spool.discard(job.id)
+        return jobs
 
 
 class DuckDBWriter(SqlWriter):
-    def __init__(
-        self, cur: duckdb.DuckDBPyConnection, dataset: Dataset, batch: DecodedBatch | None
-    ):
-        super().__init__(dataset, batch, table_name(dataset.id))
+    def __init__(self, cur: duckdb.DuckDBPyConnection, dataset: Dataset, works: list[Work]):
+        super().__init__(dataset, works, table_name(dataset.id))
         self.cur = cur
 
     def ident(self, column: str) -> str:
@@ -500,7 +493,7 @@ class DuckDBWriter(SqlWriter):
     def last_value(self, value: str, mask: str | None) -> str:
         # A struct keeps an explicit null that a bare arg_max would skip.
         where = f" FILTER (WHERE {mask})" if mask else ""
-        return f"(arg_max({{'v': {value}}}, r){where}).v"
+        return f"(arg_max({{'v': {value}}}, o){where}).v"
 
     def write_merged(self, columns: str, any_existing: bool) -> None:
         # Delete-then-insert: DuckDB's ON CONFLICT costs a full pass per statement (DESIGN §7).

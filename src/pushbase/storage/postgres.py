@@ -31,16 +31,25 @@ import pyarrow.csv as pacsv
 from psycopg_pool import ConnectionPool
 
 from pushbase.auth import ApiKey
-from pushbase.decode import DecodedBatch, RowError
+from pushbase.decode import RowError
 from pushbase.decode.coerce import ARROW_TYPES
 from pushbase.errors import PushbaseError
-from pushbase.jobs.model import Job, JobError, JobPhase, JobStatus
+from pushbase.jobs.model import (
+    ATOMIC_ERROR,
+    MAX_GROUP_JOBS,
+    Job,
+    JobError,
+    JobPhase,
+    JobStatus,
+    mark_running,
+    take_group,
+)
 from pushbase.schema import Column, ColumnType, Dataset
 from pushbase.settings import Settings
-from pushbase.storage.base import RowQuery, Store
+from pushbase.storage.base import GroupRule, RowQuery, Store
 from pushbase.storage.spool import Spool
 from pushbase.storage.sql import quote
-from pushbase.storage.writer import AtomicViolation, SqlWriter
+from pushbase.storage.writer import AtomicViolation, SqlWriter, Work, settle
 
 SQL_TYPES = {
     ColumnType.string: "text",
@@ -390,7 +399,7 @@ class PostgresStore(Store):
             ).fetchall()
         return [Job.model_validate_json(r[0]) for r in rows]
 
-    def claim_job(self, busy_datasets: set[str]) -> Job | None:
+    def claim_jobs(self, busy_datasets: set[str], joins: GroupRule) -> list[Job]:
         assert self.pool is not None
         conn = self.pool.getconn()
         try:
@@ -402,24 +411,27 @@ class PostgresStore(Store):
             for (dataset_id,) in heads:
                 if dataset_id in busy_datasets:
                     continue
-                job = self._claim_dataset(conn, dataset_id)
-                if job is not None:
+                group = self._claim_dataset(conn, dataset_id, joins)
+                if group:
                     with self._claims_lock:
-                        self._claims[job.id] = conn
-                    return job
+                        for job in group:
+                            self._claims[job.id] = conn
+                    return group
         except BaseException:
             self._give_back(conn)
             raise
         self.pool.putconn(conn)
-        return None
+        return []
 
-    def _claim_dataset(self, conn: psycopg.Connection, dataset_id: str) -> Job | None:
-        """Lock the dataset for this connection and take its oldest pending job."""
+    def _claim_dataset(
+        self, conn: psycopg.Connection, dataset_id: str, joins: GroupRule
+    ) -> list[Job]:
+        """Lock the dataset for this connection and take its oldest pending jobs."""
         lock = self._lock_key(f"dataset:{dataset_id}")
         if not conn.execute("SELECT pg_try_advisory_lock(%s)", [lock]).fetchone()[0]:
-            return None  # another worker is on this dataset
+            return []  # another worker is on this dataset
         with conn.transaction():
-            row = conn.execute(
+            head = conn.execute(
                 "SELECT doc, seq = (SELECT min(seq) FROM _pb_jobs WHERE dataset_id = %s"
                 "   AND status IN ('queued', 'running')) FROM _pb_jobs"
                 " WHERE dataset_id = %s AND status IN ('queued', 'running')"
@@ -427,19 +439,28 @@ class PostgresStore(Store):
                 [dataset_id, dataset_id],
             ).fetchone()
             # Not the head (a cancel holds it right now): leave the dataset for later.
-            if row is not None and row[1]:
-                job = Job.model_validate_json(row[0])
-                job.status, job.phase = JobStatus.running, JobPhase.decoding
-                job.started_at = datetime.now(UTC)
-                self._save_job(conn, job)
-                return job
+            if head is not None and head[1]:
+                first = Job.model_validate_json(head[0])
+                following = conn.execute(
+                    "SELECT doc FROM _pb_jobs WHERE dataset_id = %s AND status = 'queued'"
+                    " AND seq > %s ORDER BY seq LIMIT %s FOR UPDATE",
+                    [dataset_id, first.seq, MAX_GROUP_JOBS - 1],
+                ).fetchall()
+                candidates = [first, *(Job.model_validate_json(r[0]) for r in following)]
+                group = take_group(candidates, joins)
+                for job in group:
+                    mark_running(job)
+                    self._save_job(conn, job)
+                return group
         conn.execute("SELECT pg_advisory_unlock(%s)", [lock])
-        return None
+        return []
 
     def release(self, job_id: str) -> None:
+        """Give the claim's connection (and its dataset lock) back once no job holds it."""
         with self._claims_lock:
             conn = self._claims.pop(job_id, None)
-        if conn is not None:
+            still_used = conn is not None and any(c is conn for c in self._claims.values())
+        if conn is not None and not still_used:
             self._give_back(conn)
 
     def _give_back(self, conn: psycopg.Connection) -> None:
@@ -522,72 +543,50 @@ class PostgresStore(Store):
             ).fetchone()[0]
 
     # the write --------------------------------------------------------
-    def apply(self, job: Job, dataset: Dataset, batch: DecodedBatch | None) -> Job:
+    def apply(self, dataset: Dataset, works: list[Work]) -> list[Job]:
         with self._claims_lock:
-            conn = self._claims.get(job.id)
+            conn = self._claims.get(works[0].job.id)
         if conn is None:
-            raise PushbaseError("not_claimed", f"job {job.id} is not claimed here", 500)
+            raise PushbaseError("not_claimed", f"job {works[0].job.id} is not claimed here", 500)
         try:
             with conn.transaction():
-                if batch is not None and batch.new_columns:
-                    dataset.columns.extend(batch.new_columns)
+                new_columns = [c for w in works if w.batch for c in w.batch.new_columns]
+                if new_columns:
+                    dataset.columns.extend(new_columns)
                     dataset.updated_at = datetime.now(UTC)
-                    self._update_dataset(conn, dataset, batch.new_columns)
-                writer = PostgresWriter(conn, dataset, batch)
-                stats, write_errors = writer.run(job.method)
-                errors = sorted(
-                    [*(batch.errors if batch else []), *write_errors],
-                    key=lambda e: (e.row, e.column or ""),
-                )
-                if job.atomic and errors:
-                    raise AtomicViolation(errors)
-                stats.failed = len({e.row for e in errors})
-                if batch is not None:
-                    stats.received = batch.received
-                    stats.ignored_fields = batch.ignored_fields
-                job.status, job.phase, job.progress = JobStatus.succeeded, None, 100
-                job.finished_at = datetime.now(UTC)
-                job.stats = stats
-                job.errors = [e.to_dict() for e in errors[: self.settings.max_row_errors]]
-                job.errors_total = len(errors)
-                self._finish(conn, job)
+                    self._update_dataset(conn, dataset, new_columns)
+                writer = PostgresWriter(conn, dataset, works)
+                jobs = settle(writer, works[0].job.method, self.settings.max_row_errors)
+                for job in jobs:
+                    self._finish(conn, job)
         except AtomicViolation as violation:
-            return self.fail_job(
-                job,
-                JobError(
-                    code="atomic_violation", message="atomic job had row errors; nothing written"
-                ),
-                violation.errors,
-            )
-        return job
+            return [self.fail_job(violation.job, ATOMIC_ERROR, violation.errors)]
+        return jobs
 
 
 class PostgresWriter(SqlWriter):
-    def __init__(self, conn: psycopg.Connection, dataset: Dataset, batch: DecodedBatch | None):
-        super().__init__(dataset, batch, pg_table(dataset.id))
+    def __init__(self, conn: psycopg.Connection, dataset: Dataset, works: list[Work]):
+        super().__init__(dataset, works, pg_table(dataset.id))
         self.conn = conn
-        if batch is not None:
-            self._reject_nul_text()
 
-    def _reject_nul_text(self) -> None:
-        """PostgreSQL text cannot hold NUL: such rows fail here instead of failing the job."""
-        assert self.batch is not None
-        table = self.batch.table
+    def prepare(self, staged: pa.Table) -> pa.Table:
+        """PostgreSQL text cannot hold NUL: such rows fail alone instead of failing the job."""
         bad = None
-        for name in table.column_names:
-            column = table.column(name)
+        for name in staged.column_names:
+            column = staged.column(name)
             if pa.types.is_string(column.type):
                 has_nul = pc.fill_null(pc.match_substring(column, "\x00"), False)
                 bad = has_nul if bad is None else pc.or_(bad, has_nul)
         if bad is None or not pc.any(bad).as_py():
-            return
+            return staged
+        failed = staged.filter(bad)
+        message = "text may not contain the NUL character"
         self.rejected = [
-            RowError(row, None, "invalid_value", "text may not contain the NUL character")
-            for row in pc.filter(table.column("__row"), bad).to_pylist()
-        ]
-        keep = pc.invert(bad)
-        self.batch.table = table.filter(keep)
-        self.batch.present = {n: m.filter(keep) for n, m in self.batch.present.items()}
+            (j, RowError(row, None, "invalid_value", message))
+            for j, row in zip(failed.column("j").to_pylist(), failed.column("r").to_pylist(),
+                              strict=True)
+        ]  # fmt: skip
+        return staged.filter(pc.invert(bad))
 
     def ident(self, column: str) -> str:
         return pg_ident(column)
@@ -611,8 +610,8 @@ class PostgresWriter(SqlWriter):
         for name in staged.column_names:
             if name in by_position:
                 types.append(f"{name} {SQL_TYPES[by_position[name].type]}")
-            elif name == "r":
-                types.append("r bigint")
+            elif name in ("j", "r", "o"):
+                types.append(f"{name} bigint")
             else:
                 types.append(f"{name} boolean")
         self.conn.execute(f"CREATE TEMP TABLE {self.stg} ({', '.join(types)}) ON COMMIT DROP")
@@ -625,7 +624,7 @@ class PostgresWriter(SqlWriter):
 
     def last_value(self, value: str, mask: str | None) -> str:
         where = f" FILTER (WHERE {mask})" if mask else ""
-        return f"(array_agg({value} ORDER BY r DESC){where})[1]"
+        return f"(array_agg({value} ORDER BY o DESC){where})[1]"
 
     def write_merged(self, columns: str, any_existing: bool) -> None:
         keys = ", ".join(pg_ident(k) for k in self.dataset.unique_key)

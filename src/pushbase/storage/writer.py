@@ -1,43 +1,64 @@
-"""One job's write, as SQL both backends share (DESIGN §2 semantics live here).
+"""The write of one or more jobs, as SQL both backends share (DESIGN §2, group commit §7).
 
-The batch is staged under positional names (c0, p0, …, r) so that user column
-names reach SQL only as quoted identifiers of the dataset table. A backend
-supplies how to run statements, stage an Arrow table, take the last present
-value in a group, and write the merged rows.
+Consecutive jobs of one dataset and method are written by one set of statements
+in one transaction, yet each keeps its own stats and errors: the staged rows carry
+their job (`j`), their row in the job's payload (`r`) and one order over the group
+(`o`), so "last write wins" and "first occurrence inserts" follow acceptance order
+exactly as if the jobs had run one after another.
+
+Staged columns have positional names (c0, p0, …) so that user column names reach
+SQL only as quoted identifiers of the dataset table. A backend supplies how to run
+statements, stage an Arrow table, take the last present value in a group, and
+write the merged rows.
 """
 
 from __future__ import annotations
 
 import secrets
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pushbase.decode import DecodedBatch, RowError
 from pushbase.decode.batch import ROW_COLUMN
-from pushbase.jobs.model import JobStats
+from pushbase.decode.coerce import ARROW_TYPES
+from pushbase.jobs.model import Job, JobStats, JobStatus
 from pushbase.schema import Column, Dataset, WriteMethod
+
+JOB_SHIFT = 32  # o = j << 32 | r: one order over all rows of a group
 
 
 class AtomicViolation(Exception):
     """Raised inside the write transaction to roll it back when an atomic job has errors."""
 
-    def __init__(self, errors: list[RowError]) -> None:
+    def __init__(self, job: Job, errors: list[RowError]) -> None:
+        self.job = job
         self.errors = errors
 
 
+@dataclass
+class Work:
+    """One job in a write, with its decoded rows (None for delete-all)."""
+
+    job: Job
+    batch: DecodedBatch | None
+
+
 class SqlWriter(ABC):
-    def __init__(self, dataset: Dataset, batch: DecodedBatch | None, table: str) -> None:
+    def __init__(self, dataset: Dataset, works: list[Work], table: str) -> None:
         self.dataset = dataset
-        self.batch = batch
+        self.works = works
         self.table = table
         self.tag = secrets.token_hex(6)
         self.stg = f"stg_{self.tag}"
         self.mrg = f"mrg_{self.tag}"
         self.positions: dict[str, int] = {}
         self.masked: set[str] = set()
-        self.rejected: list[RowError] = []  # rows a backend cannot store, found before the write
+        self.rejected: list[tuple[int, RowError]] = []  # (job, error): rows a backend cannot store
 
     # what a backend provides -----------------------------------------------
     @abstractmethod
@@ -64,61 +85,97 @@ class SqlWriter(ABC):
 
     @abstractmethod
     def last_value(self, value: str, mask: str | None) -> str:
-        """Aggregate: the value of the highest `r` in the group (among rows where `mask`)."""
+        """Aggregate: the value of the highest `o` in the group (among rows where `mask`)."""
 
     @abstractmethod
     def write_merged(self, columns: str, any_existing: bool) -> None:
         """Write `self.mrg` rows (NOT _bad) over the table: existing keys replaced."""
 
-    # the write ---------------------------------------------------------------
-    def run(self, method: WriteMethod) -> tuple[JobStats, list[RowError]]:
-        stats, errors = self._run(method)
-        return stats, [*self.rejected, *errors]
+    def prepare(self, staged: pa.Table) -> pa.Table:
+        """A backend's last look at the rows: it may drop some into `self.rejected`."""
+        return staged
 
-    def _run(self, method: WriteMethod) -> tuple[JobStats, list[RowError]]:
-        if method is WriteMethod.delete_all or self.batch is None:
-            return JobStats(deleted=self.dml(f"DELETE FROM {self.table}")), []
+    # the write ---------------------------------------------------------------
+    def run(self, method: WriteMethod) -> list[tuple[JobStats, list[RowError]]]:
+        """Write every job; one (stats, write-time errors) per job, in order."""
+        self.stats = [JobStats() for _ in self.works]
+        self.errors: list[list[RowError]] = [[] for _ in self.works]
+        self._run(method)
+        for job, error in self.rejected:
+            self.errors[job].append(error)
+        return list(zip(self.stats, self.errors, strict=True))
+
+    def _run(self, method: WriteMethod) -> None:
+        if method is WriteMethod.delete_all:
+            self.stats[0].deleted = self.dml(f"DELETE FROM {self.table}")
+            return
         keyed = bool(self.dataset.unique_key)
-        if self.batch.table.num_rows == 0:
-            if method is WriteMethod.replace:
-                return JobStats(deleted=self.dml(f"DELETE FROM {self.table}")), []
-            return JobStats(), []
-        self._stage()
+        if method is WriteMethod.replace:
+            self.stats[0].deleted = self.dml(f"DELETE FROM {self.table}")
+        if not self._stage():
+            return
         try:
             if method is WriteMethod.delete:
-                return self._delete()
-            if method is WriteMethod.replace:
-                deleted = self.dml(f"DELETE FROM {self.table}")
-                stats, errors = self._merge(against_stored=False) if keyed else self._append()
-                stats.deleted = deleted
-                return stats, errors
-            if not keyed:
-                return self._append()
-            if method is WriteMethod.insert:
-                return self._insert()
-            return self._merge(against_stored=True)
+                self._delete()
+            elif method is WriteMethod.replace:
+                self._merge(against_stored=False) if keyed else self._append()
+            elif not keyed:
+                self._append()
+            elif method is WriteMethod.insert:
+                self._insert()
+            else:
+                self._merge(against_stored=True)
         finally:
             self.execute(f"DROP TABLE IF EXISTS {self.stg}")
             self.execute(f"DROP TABLE IF EXISTS {self.mrg}")
 
-    def _stage(self) -> None:
-        assert self.batch is not None
-        arrays, names = [], []
-        for name in self.batch.table.column_names:
-            if name == ROW_COLUMN:
+    def _stage(self) -> bool:
+        """Stage every job's valid rows together; False when there is nothing to write."""
+        batches = [w.batch for w in self.works if w.batch is not None]
+        names = [
+            c.name
+            for c in self.dataset.columns
+            if any(c.name in b.table.column_names for b in batches)
+        ]
+        columns = {c.name: c for c in self.dataset.columns}
+        # A column needs a presence mask if some row lacks it (absent keeps the stored value).
+        masked = {
+            name
+            for name in names
+            if any(name in b.present or name not in b.table.column_names for b in batches)
+        }
+        pieces = []
+        for j, work in enumerate(self.works):
+            batch = work.batch
+            if batch is None or batch.table.num_rows == 0:
                 continue
-            position = len(self.positions)
-            self.positions[name] = position
-            arrays.append(self.batch.table.column(name))
-            names.append(f"c{position}")
-            mask = self.batch.present.get(name)
-            if mask is not None:
-                self.masked.add(name)
-                arrays.append(mask)
-                names.append(f"p{position}")
-        arrays.append(self.batch.table.column(ROW_COLUMN))
-        names.append("r")
-        self.stage(pa.Table.from_arrays(arrays, names=names))
+            n = batch.table.num_rows
+            arrays, fields = [], []
+            for position, name in enumerate(names):
+                given = name in batch.table.column_names
+                arrays.append(
+                    batch.table.column(name).combine_chunks()
+                    if given
+                    else pa.nulls(n, ARROW_TYPES[columns[name].type])
+                )
+                fields.append(f"c{position}")
+                if name in masked:
+                    mask = batch.present.get(name)
+                    arrays.append(mask if mask is not None else pa.repeat(pa.scalar(given), n))
+                    fields.append(f"p{position}")
+            rows = batch.table.column(ROW_COLUMN).combine_chunks()
+            arrays += [pa.repeat(pa.scalar(j, pa.int64()), n), rows, pc.add(rows, j << JOB_SHIFT)]
+            fields += ["j", "r", "o"]
+            pieces.append(pa.Table.from_arrays(arrays, names=fields))
+        if not pieces:
+            return False
+        self.positions = {name: p for p, name in enumerate(names)}
+        self.masked = masked
+        staged = self.prepare(pa.concat_tables(pieces))
+        if staged.num_rows == 0:
+            return False
+        self.stage(staged)
+        return True
 
     def _staged_columns(self) -> tuple[str, str]:
         """(target column list, staged source list) for the columns in the batch."""
@@ -137,42 +194,40 @@ class SqlWriter(ABC):
             for k in self.dataset.unique_key
         )
 
-    def _append(self) -> tuple[JobStats, list[RowError]]:
+    def _append(self) -> None:
+        for j, count in self.fetch(f"SELECT j, count(*) FROM {self.stg} GROUP BY j"):
+            self.stats[j].inserted = int(count)
         target, source = self._staged_columns()
-        inserted = self.dml(f"INSERT INTO {self.table} ({target}) SELECT {source} FROM {self.stg}")
-        return JobStats(inserted=inserted), []
+        self.execute(f"INSERT INTO {self.table} ({target}) SELECT {source} FROM {self.stg}")
 
-    def _insert(self) -> tuple[JobStats, list[RowError]]:
+    def _insert(self) -> None:
         exists = f"EXISTS (SELECT 1 FROM {self.table} t WHERE {self._join('t', 's')})"
         ranked = (
-            f"SELECT *, row_number() OVER (PARTITION BY {self._keys()} ORDER BY r) AS n"
+            f"SELECT *, row_number() OVER (PARTITION BY {self._keys()} ORDER BY o) AS n,"
+            f" row_number() OVER (PARTITION BY {self._keys()}, j ORDER BY o) AS nj"
             f" FROM {self.stg}"
         )
-        duplicates = self.fetch(
-            f"SELECT s.r, s.n > 1 FROM ({ranked}) s WHERE s.n > 1 OR {exists} ORDER BY s.r"
-        )
         key_name = ",".join(self.dataset.unique_key)
-        errors = [
-            RowError(
-                row,
-                key_name,
-                "duplicate_key",
-                "key appears earlier in this job" if in_job else "key already exists",
-            )
-            for row, in_job in duplicates
-        ]
-        target, source = self._staged_columns()
-        inserted = self.dml(
-            f"INSERT INTO {self.table} ({target}) SELECT {source} FROM ({ranked}) s"
+        for j, row, in_job in self.fetch(
+            f"SELECT s.j, s.r, s.nj > 1 FROM ({ranked}) s WHERE s.n > 1 OR {exists} ORDER BY s.o"
+        ):
+            message = "key appears earlier in this job" if in_job else "key already exists"
+            self.errors[j].append(RowError(row, key_name, "duplicate_key", message))
+        self.execute(
+            f"CREATE TEMP TABLE {self.mrg} AS SELECT * FROM ({ranked}) s"
             f" WHERE s.n = 1 AND NOT {exists}"
         )
-        return JobStats(inserted=inserted), errors
+        for j, count in self.fetch(f"SELECT j, count(*) FROM {self.mrg} GROUP BY j"):
+            self.stats[j].inserted = int(count)
+        target, source = self._staged_columns()
+        self.execute(f"INSERT INTO {self.table} ({target}) SELECT {source} FROM {self.mrg}")
 
-    def _merge(self, against_stored: bool) -> tuple[JobStats, list[RowError]]:
+    def _merge(self, against_stored: bool) -> None:
         """Upsert (merge with stored rows) or replace (merge within the job only).
 
-        Several rows of one key are folded first, field by field, the last present
-        value winning; an explicit null is a value like any other.
+        Rows of one key are folded first, field by field, the last present value
+        winning; an explicit null is a value like any other. A key's first row
+        inserts (when the key is new) and every later row updates.
         """
         keys = set(self.dataset.unique_key)
         folded = [self._keys()]
@@ -183,14 +238,15 @@ class SqlWriter(ABC):
             folded.append(f"{self.last_value(f'c{p}', mask)} AS c{p}")
             if mask:
                 folded.append(f"bool_or(p{p}) AS p{p}")
-        folded.append("count(*) AS n")
+        folded.append("min(o) AS _first")
         fold = f"SELECT {', '.join(folded)} FROM {self.stg} GROUP BY {self._keys()}"
 
         selected = []
         for column in self.dataset.columns:
             name, ident = column.name, self.ident(column.name)
             p = self.positions.get(name)
-            stored = f"t.{ident}" if against_stored else f"CAST(NULL AS {self.sql_type(column)})"
+            null = f"CAST(NULL AS {self.sql_type(column)})"
+            stored = f"t.{ident}" if against_stored else null
             if p is None:
                 selected.append(f"{stored} AS {ident}")
             elif name in keys or name not in self.masked:
@@ -203,43 +259,68 @@ class SqlWriter(ABC):
         required = [c for c in self.dataset.columns if not c.nullable and c.name not in keys]
         missing = " OR ".join(f"{self.ident(c.name)} IS NULL" for c in required) or "false"
         merged = (
-            f"SELECT {', '.join(selected)}, {existed} AS _existed, m.n AS _n FROM ({fold}) m {join}"
+            f"SELECT {', '.join(selected)}, {existed} AS _existed, m._first FROM ({fold}) m {join}"
         )
         self.execute(
             f"CREATE TEMP TABLE {self.mrg} AS SELECT *, NOT _existed AND ({missing}) AS _bad"
             f" FROM ({merged}) x"
         )
-        errors: list[RowError] = []
-        if required:
-            back = " AND ".join(
-                f"s.c{self.positions[k]} = b.{self.ident(k)}" for k in self.dataset.unique_key
-            )
-            bad_rows = self.fetch(
-                f"SELECT s.r FROM {self.stg} s JOIN {self.mrg} b ON {back}"
-                " WHERE b._bad ORDER BY s.r"
-            )
-            names = ", ".join(repr(c.name) for c in required)
-            errors = [
-                RowError(row, None, "missing_value", f"a new row needs a value for {names}")
-                for (row,) in bad_rows
-            ]
-        ((updated_rows, existing, inserted, repeats),) = self.fetch(
-            "SELECT coalesce(sum(_n) FILTER (WHERE _existed), 0),"
-            " count(*) FILTER (WHERE _existed),"
-            " count(*) FILTER (WHERE NOT _existed AND NOT _bad),"
-            f" coalesce(sum(_n - 1) FILTER (WHERE NOT _existed AND NOT _bad), 0) FROM {self.mrg}"
+        back = " AND ".join(
+            f"s.c{self.positions[k]} = b.{self.ident(k)}" for k in self.dataset.unique_key
         )
+        names = ", ".join(repr(c.name) for c in required)
+        for j, row in self.fetch(
+            f"SELECT s.j, s.r FROM {self.stg} s JOIN {self.mrg} b ON {back}"
+            " WHERE b._bad ORDER BY s.o"
+        ):
+            message = f"a new row needs a value for {names}"
+            self.errors[j].append(RowError(row, None, "missing_value", message))
+        for j, inserted, updated in self.fetch(
+            "SELECT s.j, count(*) FILTER (WHERE NOT b._existed AND s.o = b._first),"
+            " count(*) FILTER (WHERE b._existed OR s.o > b._first)"
+            f" FROM {self.stg} s JOIN {self.mrg} b ON {back} WHERE NOT b._bad GROUP BY s.j"
+        ):
+            self.stats[j].inserted, self.stats[j].updated = int(inserted), int(updated)
+        ((existing,),) = self.fetch(f"SELECT count(*) FROM {self.mrg} WHERE _existed")
         columns = ", ".join(self.ident(c.name) for c in self.dataset.columns)
         self.write_merged(columns, bool(existing))
-        return JobStats(inserted=int(inserted), updated=int(updated_rows) + int(repeats)), errors
 
-    def _delete(self) -> tuple[JobStats, list[RowError]]:
-        ((not_found,),) = self.fetch(
-            f"SELECT count(*) FROM {self.stg} s WHERE NOT EXISTS"
-            f" (SELECT 1 FROM {self.table} t WHERE {self._join('t', 's')})"
+    def _delete(self) -> None:
+        """A key's first row in the group deletes the stored row; later ones find nothing."""
+        firsts = f"SELECT {self._keys()}, min(o) AS _first FROM {self.stg} GROUP BY {self._keys()}"
+        self.execute(
+            f"CREATE TEMP TABLE {self.mrg} AS SELECT f.* FROM ({firsts}) f"
+            f" WHERE EXISTS (SELECT 1 FROM {self.table} t WHERE {self._join('t', 'f')})"
         )
-        deleted = self.dml(
-            f"DELETE FROM {self.table} t USING (SELECT DISTINCT {self._keys()} FROM {self.stg}) s"
-            f" WHERE {self._join('t', 's')}"
+        same = " AND ".join(f"s.c{p} = d.c{p}" for k, p in self.positions.items()
+                            if k in self.dataset.unique_key)  # fmt: skip
+        for j, deleted, received in self.fetch(
+            f"SELECT s.j, count(d._first), count(*) FROM {self.stg} s"
+            f" LEFT JOIN {self.mrg} d ON {same} AND s.o = d._first GROUP BY s.j"
+        ):
+            self.stats[j].deleted, self.stats[j].not_found = int(deleted), int(received - deleted)
+        self.execute(f"DELETE FROM {self.table} t USING {self.mrg} s WHERE {self._join('t', 's')}")
+
+
+def settle(writer: SqlWriter, method: WriteMethod, max_errors: int) -> list[Job]:
+    """Run the write and record each job's outcome on it; AtomicViolation rolls back."""
+    finished = datetime.now(UTC)
+    jobs = []
+    for work, (stats, write_errors) in zip(writer.works, writer.run(method), strict=True):
+        job, batch = work.job, work.batch
+        errors = sorted(
+            [*(batch.errors if batch else []), *write_errors], key=lambda e: (e.row, e.column or "")
         )
-        return JobStats(deleted=deleted, not_found=int(not_found)), []
+        if job.atomic and errors:
+            raise AtomicViolation(job, errors)
+        stats.failed = len({e.row for e in errors})
+        if batch is not None:
+            stats.received = batch.received
+            stats.ignored_fields = batch.ignored_fields
+        job.status, job.phase, job.progress = JobStatus.succeeded, None, 100
+        job.finished_at = finished
+        job.stats = stats
+        job.errors = [e.to_dict() for e in errors[:max_errors]]
+        job.errors_total = len(errors)
+        jobs.append(job)
+    return jobs
