@@ -45,18 +45,27 @@ def cli_env(server: ServerProcess, **extra: str) -> dict[str, str]:
 def run_cli(
     server: ServerProcess, *args: str, input: bytes | None = None, timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
+    """Run `pushbase ARGS`; on a hang, fail with the CLI's stacks and the server's log."""
+    proc = subprocess.Popen(
         [pushbase_bin(), *args],
-        input=input,
-        capture_output=True,
-        env=cli_env(server),
-        timeout=timeout,
+        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(server, PYTHONFAULTHANDLER="1"),
         cwd=str(REPO_ROOT),
     )
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+        out, err = proc.communicate(timeout=30)
+        raise AssertionError(
+            f"pushbase {' '.join(args)} hung for {timeout}s\n{out.decode(errors='replace')}\n"
+            f"{err.decode(errors='replace')[-8000:]}\n{server.log_tail(4000)}"
+        ) from None
     return subprocess.CompletedProcess(
-        proc.args, proc.returncode, proc.stdout.decode(errors="replace"),
-        proc.stderr.decode(errors="replace"),
-    )  # fmt: skip
+        proc.args, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+    )
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -199,7 +208,7 @@ def test_push_with_bad_rows_exits_non_zero_and_names_their_lines(
     assert "inserted 2,997" in result.stdout
     for row in bad:
         assert f"bad.csv:{lines[row]} " in result.stdout, (row, lines[row], result.stdout)
-    assert lines[1500] == 1503 and lines[2990] == 2995  # multi-line notes shift the lines
+    assert lines[1500] == 1504 and lines[2990] == 2995  # multi-line notes shift the lines
     assert "invalid_value" in result.stdout
     with server.client() as http:
         assert http.get("/v1/datasets/badrows").json()["row_count"] == 2997

@@ -114,6 +114,13 @@ def dengage_error(response, status_code: int, code: int | None) -> str:
     return body["message"]
 
 
+def as_bearer(client) -> None:
+    """Make the test client send the admin key as D·engage/Graphite clients do, as a Bearer
+    token, so that a per-request Authorization header (another key) takes its place."""
+    client.headers.pop("x-api-key", None)
+    client.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
+
+
 def new_key(client, scopes: list[str], datasets: list[str] | None = None) -> str:
     body: dict[str, Any] = {"name": "dengage", "scopes": scopes}
     if datasets is not None:
@@ -150,7 +157,8 @@ def test_table_named_by_id(client):
 
 def test_comma_delimiter_bom_and_crlf(client):
     products(client)
-    text = "\ufeffProductId,ProductName,Price,LastUpdate\r\n1,Blue shirt,19.90,2024-03-01 10:15:00\r\n"
+    text = "\ufeffProductId,ProductName,Price,LastUpdate\r\n"
+    text += "1,Blue shirt,19.90,2024-03-01 10:15:00\r\n"
     answer = wait_status(client, accepted(async_upsert(client, upsert_body(text))))
     assert answer["successRowCount"] == 1
     assert rows_of(client, "products") == STORED[:1]
@@ -320,6 +328,7 @@ def test_status_of_a_waiting_job(make_server):
 
 
 def test_status_needs_read_or_write(client):
+    as_bearer(client)
     products(client)
     job_id = accepted(async_upsert(client, upsert_body()))
     for scopes in (["read"], ["write"]):
@@ -389,6 +398,7 @@ def test_missing_and_wrong_keys_are_401(client):
 
 
 def test_scopes_are_403_code_10(client):
+    as_bearer(client)
     products(client)
     products(client, "other")
     read = new_key(client, ["read"])
@@ -414,6 +424,7 @@ def test_full_queue_is_429(make_server):
 def test_unexpected_failure_is_500_code_999(client, monkeypatch):
     products(client)
     job_id = accepted(async_upsert(client, upsert_body()))
+    wait_status(client, job_id)  # the worker is done with the store before it breaks
 
     def broken(job_id: str):
         raise RuntimeError("store is down")

@@ -174,9 +174,9 @@ def test_object_holding_an_events_array(client):
 
 def test_keyed_dataset_upserts(client):
     telemetry(client)
-    finished(client, success(data_in(client, "telemetry", envelope([event(1)], "m1"))))
+    finished(client, success(data_in(client, "telemetry", envelope([event(1)], "m1")), "m1"))
     changed = {"mid": "INTERACT:1", "eid": "START"}
-    job = finished(client, success(data_in(client, "telemetry", envelope(changed, "m2"), ), "m2"))
+    job = finished(client, success(data_in(client, "telemetry", envelope(changed, "m2")), "m2"))
     assert job["stats"]["updated"] == 1 and job["method"] == "upsert"
     (row,) = rows_of(client, "telemetry")
     assert row["eid"] == "START" and row["actor.type"] == "User"  # absent fields kept
@@ -283,7 +283,9 @@ def test_failure_echoes_the_msgid_it_was_given(client):
 def test_body_that_is_not_json_is_400(client):
     telemetry(client)
     response = client.post(
-        f"{URL}/telemetry", content=b'{"id": "api.data.in",', headers={"content-type": "application/json"}
+        f"{URL}/telemetry",
+        content=b'{"id": "api.data.in",',
+        headers={"content-type": "application/json"},
     )
     message = failure(response, 400, "BAD_REQUEST", "DATA_INGESTION_INVALID_INPUT")
     assert "not valid JSON" in message

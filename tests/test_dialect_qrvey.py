@@ -65,6 +65,10 @@ def users_dataset(client, dataset_id: str = "users") -> str:
     return dataset_id
 
 
+def filling(added: int = 0, deleted: int = 0, failed: int = 0, updated: int = 0) -> dict:
+    return {"added": added, "deleted": deleted, "failed": failed, "updated": updated}
+
+
 def stored(record: dict[str, Any]) -> dict[str, Any]:
     """A Users record as the native API reads it back (nested object flattened)."""
     row = {k: v for k, v in record.items() if k != "address"}
@@ -134,7 +138,7 @@ def test_users_example_upserted_and_read_back(client):
     pump = statistics["dataSourcePumpStatistics"]["users"]
     assert isinstance(pump.pop("pumpTimeSeconds"), int | float)
     assert pump == {"failed": 0, "read": 3, "successful": 3}
-    assert statistics["fillingEsStatistics"] == {"added": 3, "deleted": 0, "failed": 0, "updated": 0}
+    assert statistics["fillingEsStatistics"] == filling(added=3)
     assert (statistics["failed"], statistics["successful"], statistics["updated"]) == (0, 3, 0)
     assert statistics["errors"] == []
     assert rows_of(client, "users", order_by="user_id") == [stored(u) for u in USERS]
@@ -164,7 +168,7 @@ def test_upsert_merges_by_the_six_unique_id_columns(client):
     newcomer = dict(USERS[1], role="intern", user_id=4)  # one key column differs: a new row
     answer = wait_status(client, accepted(post_data(client, "users", [change, newcomer])))
     statistics = answer["jobCompletionStatistics"]
-    assert statistics["fillingEsStatistics"] == {"added": 1, "deleted": 0, "failed": 0, "updated": 1}
+    assert statistics["fillingEsStatistics"] == filling(added=1, updated=1)
     assert statistics["updated"] == 1 and statistics["successful"] == 2
     rows = rows_of(client, "users", order_by="user_id")
     assert len(rows) == 4
@@ -202,7 +206,7 @@ def test_delete_by_the_unique_id_columns(client):
     keys = [{k: USERS[1][k] for k in UNIQUE_ID}]
     answer = wait_status(client, accepted(post_data(client, "users", keys, method="delete")))
     statistics = answer["jobCompletionStatistics"]
-    assert statistics["fillingEsStatistics"] == {"added": 0, "deleted": 1, "failed": 0, "updated": 0}
+    assert statistics["fillingEsStatistics"] == filling(deleted=1)
     assert [r["user_id"] for r in rows_of(client, "users", order_by="user_id")] == [1, 3]
 
 
@@ -412,6 +416,4 @@ def test_same_push_through_v1_leaves_the_same_dataset_and_job(client, method):
     assert (dialect_job["source"], native_job["source"]) == ("qrvey", "v1")
     assert dialect_job["bytes"] == native_job["bytes"]
     order = ",".join(UNIQUE_ID)
-    assert rows_of(client, "via_qrvey", order_by=order) == rows_of(
-        client, "via_v1", order_by=order
-    )
+    assert rows_of(client, "via_qrvey", order_by=order) == rows_of(client, "via_v1", order_by=order)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import pyarrow as pa
@@ -181,19 +182,24 @@ def _split_fields(
     Works a column at a time: one list per field, no loop over a record's fields.
     `present[path]` is recorded where some records lack the field (absent is not null).
     """
-    keys = set().union(*(o for o in objects if o is not None))
+    holes = None in objects
+    keys = set().union(*(o for o in objects if o is not None)) if holes else set().union(*objects)
+    # When every record carries every key, no field is absent anywhere at this level.
+    complete = not holes and set(map(len, objects)) <= {len(keys)}
     for key in sorted(keys):
         path = f"{prefix}{key}"
-        values = [o.get(key, _ABSENT) if o is not None else _ABSENT for o in objects]
-        if any(v is _ABSENT for v in values):
+        if complete:
+            values = list(map(itemgetter(key), objects))
+        else:
+            values = [o.get(key, _ABSENT) if o is not None else _ABSENT for o in objects]
             present[path] = pa.array([v is not _ABSENT for v in values], pa.bool_())
             values = [None if v is _ABSENT else v for v in values]
         if dataset.column(path) is not None:
             raw[path] = values
             continue
-        nested = [v if isinstance(v, dict) else None for v in values]
         has_children = any(c.name.startswith(f"{path}.") for c in dataset.columns)
-        if has_children or any(v is not None for v in nested):
+        nested = [v if isinstance(v, dict) else None for v in values]
+        if has_children or nested.count(None) < len(nested):
             _split_fields(nested, f"{path}.", dataset, raw, unknown, present)
             leftovers = [None if isinstance(v, dict) else v for v in values]
             if any(v is not None for v in leftovers):
