@@ -218,7 +218,7 @@ def test_push_with_bad_rows_exits_non_zero_and_names_their_lines(
 
 
 def test_every_input_format_and_stdin(server: ServerProcess, tmp_path: Path) -> None:
-    records = [{"id": i, "name": f"n{i}", "score": i / 4, "tags": ["a", i]} for i in range(300)]
+    records = [{"id": i, "name": f"n{i}", "score": i / 4, "tags": ["a", f"t{i}"]} for i in range(300)]
     sample = tmp_path / "sample.json"
     sample.write_bytes(orjson.dumps(records[:3]))
     created = cli_json(server, "datasets", "create", "fmt", "--from-sample", str(sample),
@@ -237,7 +237,7 @@ def test_every_input_format_and_stdin(server: ServerProcess, tmp_path: Path) -> 
     table = dataset_rows(server, "fmt").sort_by("id")
     assert table.column("id").to_pylist() == list(range(300))
     assert table.column("score").to_pylist()[7] == 1.75
-    assert orjson.loads(table.column("tags").to_pylist()[250]) == ["a", 250]
+    assert orjson.loads(table.column("tags").to_pylist()[250]) == ["a", "t250"]
 
     bad = tmp_path / "bad.json"
     bad.write_bytes(b'[\n  {"id": 1},\n  {"id": "x"},\n  {"id": 3}\n]\n')
