@@ -1,20 +1,28 @@
 """Ingest benchmark behind `make bench`: 1M "users" rows pushed as ~1 MB JSON batches.
 
-Starts a real `pushbase serve` on a fresh temporary data directory (or uses `--url`),
-creates the dataset `users` (8 string columns, a float `score`, a datetime
-`signup_at`, unique key (`tenant`, `user_id`)), then runs two phases:
+For each backend (`--backend duckdb|postgres|both`) it starts a real `pushbase serve` on a
+fresh temporary data directory (PostgreSQL: a schema of its own, dropped afterwards),
+creates the dataset `users` (8 string columns, a float `score`, a datetime `signup_at`,
+unique key (`tenant`, `user_id`)), then runs three phases:
 
 1. insert N new rows;
-2. upsert N rows of which half have existing keys and half are new.
+2. upsert N rows of which half have existing keys and half are new;
+3. delete 10 % of the stored keys by key (`method=delete`, ~1 MB key-only bodies).
 
-Each phase pushes pre-encoded batches from `--clients` concurrent HTTP clients without
-waiting, then polls the jobs until all are finished. Reported per phase: rows/s end to
-end (first request sent -> last job finished), acceptance rate, failed jobs and rows,
-and the server's peak RSS.
+Each phase pushes batches encoded before the clock starts, from `--clients` concurrent
+HTTP clients, then polls the jobs until all are finished. Measured: rows/s end to end
+(first request sent -> last job finished), the wall time of every push until its 202,
+and the server's peak RSS. A DuckDB baseline (`read_json` of the insert rows into a keyed
+table, in this process) is measured in the same run. With `--repeat N` every backend runs
+N times on fresh servers and the report gives medians. The report ends with a Markdown
+table of every target, PASS/FAIL, for bench/README.md.
 
-    .venv/bin/python bench/ingest.py --quick          # 100k rows
-    .venv/bin/python bench/ingest.py                  # 1M rows
-    make bench BENCH_ARGS="--rows 2000000 --clients 4"
+    .venv/bin/python bench/ingest.py --quick          # 50k rows, about a minute
+    .venv/bin/python bench/ingest.py --repeat 3       # 1M rows, medians of 3
+    make bench BENCH_ARGS="--backend duckdb"
+
+Exit code 1 when rows were lost: a push refused, a row or job failed, or a final count is
+wrong. Missed targets are reported, not enforced.
 """
 
 from __future__ import annotations
@@ -22,98 +30,99 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 
-REPO = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(BENCH))
 
+from baseline import run_baseline  # noqa: E402
+from report import (  # noqa: E402
+    BackendRun,
+    PhaseResult,
+    details_table,
+    environment_lines,
+    markdown_table,
+    percentile,
+    summary_rows,
+)
 from serverproc import TERMINAL, ServerProcess  # noqa: E402
+from workload import (  # noqa: E402
+    COLUMNS,
+    UNIQUE_KEY,
+    Batch,
+    delete_keys,
+    encode_batches,
+    encode_key_batches,
+    insert_keys,
+    key_record,
+    make_row,
+    upsert_keys,
+    write_ndjson,
+)
 
-COLUMNS = [
-    {"name": "tenant", "type": "string"},
-    {"name": "user_id", "type": "string"},
-    {"name": "email", "type": "string"},
-    {"name": "first_name", "type": "string"},
-    {"name": "last_name", "type": "string"},
-    {"name": "country", "type": "string"},
-    {"name": "city", "type": "string"},
-    {"name": "plan", "type": "string"},
-    {"name": "score", "type": "number"},
-    {"name": "signup_at", "type": "datetime"},
-]
-UNIQUE_KEY = ["tenant", "user_id"]
-
-FIRST = [
-    "Ada",
-    "Alan",
-    "Grace",
-    "Linus",
-    "Barbara",
-    "Ken",
-    "Margaret",
-    "Dennis",
-    "Frances",
-    "Edsger",
-]
-LAST = ["Lovelace", "Turing", "Hopper", "Torvalds", "Liskov", "Thompson", "Hamilton", "Ritchie"]
-PLACES = [
-    ("NO", "Oslo"),
-    ("FR", "Paris"),
-    ("DE", "Berlin"),
-    ("US", "Austin"),
-    ("JP", "Osaka"),
-    ("BR", "Recife"),
-    ("IN", "Pune"),
-    ("KE", "Nairobi"),
-    ("CA", "Montréal"),
-]
-PLANS = ["free", "pro", "team", "enterprise"]
-TENANTS = [f"tenant-{t:03d}" for t in range(64)]
+PG_URL = os.environ.get("PUSHBASE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+QUICK_ROWS = 50_000
 
 
-def make_row(i: int, phase: int) -> dict[str, Any]:
-    """Row for key number `i`; deterministic, and different values in phase 2."""
-    country, city = PLACES[i % len(PLACES)]
-    return {
-        "tenant": TENANTS[i % 64],
-        "user_id": f"u{i:010d}",
-        "email": f"user{i}@example.com" if phase == 1 else f"user{i}+p2@example.org",
-        "first_name": FIRST[i % 10],
-        "last_name": LAST[(i // 10) % 8],
-        "country": country,
-        "city": city,
-        "plan": PLANS[(i + phase) % 4],
-        "score": (i * 7919 % 100_000) / 100.0 + (0.5 if phase == 2 else 0.0),
-        "signup_at": (
-            f"20{20 + i % 5}-{1 + i % 12:02d}-{1 + (i // 12) % 28:02d}"
-            f"T{(i // 7) % 24:02d}:{i % 60:02d}:{(i // 60) % 60:02d}.{i % 1000:03d}Z"
-        ),
-    }
+# -- the workload, encoded once --------------------------------------------------------
 
 
-def encode_batches(keys: list[int], phase: int, batch_bytes: int) -> list[tuple[bytes, int]]:
-    """Split rows for `keys` into JSON arrays of about `batch_bytes`; (body, row count)."""
-    sample = [make_row(k, phase) for k in keys[:1000]]
-    per_row = max(1, len(orjson.dumps(sample)) // max(1, len(sample)))
-    rows_per_batch = max(1, batch_bytes // per_row)
-    batches = []
-    for start in range(0, len(keys), rows_per_batch):
-        chunk = keys[start : start + rows_per_batch]
-        batches.append((orjson.dumps([make_row(k, phase) for k in chunk]), len(chunk)))
-    return batches
+@dataclass
+class Workload:
+    rows: int
+    new_in_upsert: int
+    deleted: list[int]
+    insert: list[Batch]
+    upsert: list[Batch]
+    delete: list[Batch]
+
+    @property
+    def after_upsert(self) -> int:
+        return self.rows + self.new_in_upsert
+
+    @property
+    def after_delete(self) -> int:
+        return self.after_upsert - len(self.deleted)
+
+
+def prepare_workload(n: int, batch_bytes: int) -> Workload:
+    t0 = time.perf_counter()
+    upsert, new = upsert_keys(n)
+    deleted = delete_keys(n + new)
+    workload = Workload(
+        rows=n,
+        new_in_upsert=new,
+        deleted=deleted,
+        insert=encode_batches(insert_keys(n), 1, batch_bytes),
+        upsert=encode_batches(upsert, 2, batch_bytes),
+        delete=encode_key_batches(deleted, batch_bytes),
+    )
+    for name in ("insert", "upsert", "delete"):
+        batches = getattr(workload, name)
+        size = sum(len(body) for body, _ in batches)
+        records = sum(count for _, count in batches)
+        print(
+            f"[workload] {name}: {records:,} records in {len(batches)} pushes of "
+            f"~{size / max(1, len(batches)) / 1e6:.2f} MB ({size / 1e6:.1f} MB)",
+            flush=True,
+        )
+    print(f"[workload] encoded in {time.perf_counter() - t0:.1f}s (before any clock)", flush=True)
+    return workload
+
+
+# -- pushing and waiting ---------------------------------------------------------------
 
 
 @dataclass
@@ -125,25 +134,7 @@ class Push:
     error: str | None = None
     retries: int = 0
     acked_at: float = 0.0
-
-
-@dataclass
-class PhaseResult:
-    name: str
-    method: str
-    rows: int
-    batches: int
-    seconds: float = 0.0
-    accept_seconds: float = 0.0
-    failed_jobs: int = 0
-    failed_rows: int = 0
-    refused_pushes: int = 0
-    retries_429: int = 0
-    stats: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def rows_per_s(self) -> float:
-        return self.rows / self.seconds if self.seconds else 0.0
+    ack_ms: float = 0.0  # the request that got the 202: sent -> answer
 
 
 class RssSampler(threading.Thread):
@@ -179,7 +170,7 @@ def push_all(
     api_key: str,
     dataset: str,
     method: str,
-    batches: list[tuple[bytes, int]],
+    batches: list[Batch],
     clients: int,
 ) -> list[Push]:
     pushes = [Push(i, rows) for i, (_, rows) in enumerate(batches)]
@@ -192,17 +183,20 @@ def push_all(
             while (i := next(counter)) < len(batches):
                 push = pushes[i]
                 while True:
+                    sent = time.perf_counter()
                     try:
                         response = http.post(path, params={"method": method}, content=batches[i][0])
                     except httpx.HTTPError as exc:
                         push.error = f"{type(exc).__name__}: {exc}"
                         break
+                    elapsed = time.perf_counter() - sent
                     if response.status_code == 429:
                         push.retries += 1
                         time.sleep(float(response.headers.get("retry-after", "1") or 1))
                         continue
                     push.status = response.status_code
                     push.acked_at = time.time()
+                    push.ack_ms = elapsed * 1000
                     if response.status_code in (200, 202):
                         doc = response.json()
                         push.job_id = doc.get("job_id") or doc.get("id")
@@ -246,100 +240,122 @@ def wait_jobs(
     return docs, last_seen
 
 
+STAT_KEYS = ("received", "inserted", "updated", "deleted", "not_found", "failed", "ignored_fields")
+
+
 def run_phase(
+    label: str,
     name: str,
-    method: str,
-    keys: list[int],
-    phase: int,
+    batches: list[Batch],
     args: argparse.Namespace,
     url: str,
     api_key: str,
+    dataset: str,
 ) -> PhaseResult:
-    print(f"[{name}] encoding {len(keys):,} rows ...", flush=True)
-    t0 = time.perf_counter()
-    batches = encode_batches(keys, phase, args.batch_bytes)
-    total_bytes = sum(len(b) for b, _ in batches)
-    print(
-        f"[{name}] {len(batches)} batches, {total_bytes / 1e6:.1f} MB "
-        f"(encoded in {time.perf_counter() - t0:.1f}s); pushing with {args.clients} clients",
-        flush=True,
-    )
-    result = PhaseResult(name, method, len(keys), len(batches))
+    tag = f"{label} {name}"
+    records = sum(rows for _, rows in batches)
+    print(f"[{tag}] pushing {records:,} records in {len(batches)} pushes", flush=True)
+    result = PhaseResult(name, name, records, len(batches))
     started = time.time()
-    pushes = push_all(url, api_key, args.dataset, method, batches, args.clients)
-    accepted_at = time.time()
-    del batches
-    result.accept_seconds = accepted_at - started
+    pushes = push_all(url, api_key, dataset, name, batches, args.clients)
+    result.accept_seconds = time.time() - started
     result.retries_429 = sum(p.retries for p in pushes)
     refused = [p for p in pushes if p.job_id is None]
     result.refused_pushes = len(refused)
     for push in refused[:5]:
-        print(f"[{name}] push #{push.index} refused: {push.error}", flush=True)
+        print(f"[{tag}] push #{push.index} refused: {push.error}", flush=True)
 
     acked = sorted((p for p in pushes if p.job_id), key=lambda p: p.acked_at)
+    result.ack_ms = [p.ack_ms for p in acked]
     docs, last_seen = wait_jobs(url, api_key, [p.job_id for p in acked], args.job_timeout)
     finished = [parse_ts(d.get("finished_at")) for d in docs.values()]
     end = max((f for f in finished if f is not None), default=None) or last_seen
     result.seconds = max(end - started, 1e-9)
 
-    totals = dict.fromkeys(
-        ("received", "inserted", "updated", "deleted", "not_found", "failed", "ignored_fields"), 0
-    )
+    totals = dict.fromkeys(STAT_KEYS, 0)
     failed_rows = sum(p.rows for p in refused)
+    shown_row_error = False
     for push in acked:
         doc = docs[push.job_id]
+        stats = doc.get("stats") or {}
         for k in totals:
-            totals[k] += int((doc.get("stats") or {}).get(k) or 0)
+            totals[k] += int(stats.get(k) or 0)
         if doc.get("status") != "succeeded":
             result.failed_jobs += 1
             failed_rows += push.rows
             if result.failed_jobs <= 5:
-                print(f"[{name}] job {push.job_id} {doc.get('status')}: {doc.get('error')}")
+                print(f"[{tag}] job {push.job_id} {doc.get('status')}: {doc.get('error')}")
         else:
-            failed_rows += int((doc.get("stats") or {}).get("failed") or 0)
-            if doc.get("errors") and result.failed_rows == 0:
-                print(f"[{name}] e.g. row error: {doc['errors'][0]}")
+            failed_rows += int(stats.get("failed") or 0)
+            if doc.get("errors") and not shown_row_error:
+                shown_row_error = True
+                print(f"[{tag}] e.g. row error: {doc['errors'][0]}")
     result.failed_rows = failed_rows
     result.stats = totals
     print(
-        f"[{name}] {result.rows:,} rows in {result.seconds:.2f}s = {result.rows_per_s:,.0f} rows/s "
-        f"end to end (all accepted after {result.accept_seconds:.2f}s); "
-        f"failed jobs {result.failed_jobs}, failed rows {result.failed_rows}, "
-        f"refused pushes {result.refused_pushes}, 429 retries {result.retries_429}; "
-        f"stats {totals}",
+        f"[{tag}] {result.rows:,} records in {result.seconds:.2f}s = "
+        f"{result.rows_per_s:,.0f} rows/s end to end (all accepted after "
+        f"{result.accept_seconds:.2f}s); ack p50 {percentile(result.ack_ms, 50):.1f} ms, "
+        f"p99 {percentile(result.ack_ms, 99):.1f} ms; failed jobs {result.failed_jobs}, "
+        f"failed rows {result.failed_rows}, refused pushes {result.refused_pushes}, "
+        f"429 retries {result.retries_429}; stats {totals}",
         flush=True,
     )
     return result
 
 
-def phase2_keys(n: int) -> tuple[list[int], int]:
-    """Half keys from the upper half of phase 1 (existing), half new, interleaved."""
-    existing = list(range(n - n // 2, n))
-    new = list(range(n, n + (n - len(existing))))
-    keys: list[int] = []
-    for pair in itertools.zip_longest(existing, new):
-        keys.extend(k for k in pair if k is not None)
-    return keys, len(new)
+# -- checks ------------------------------------------------------------------------------
 
 
-def git_commit() -> str:
+def lookup(http: httpx.Client, dataset: str, key: int) -> list[dict[str, Any]]:
+    response = http.get(f"/v1/datasets/{dataset}/records", params=key_record(key))
+    response.raise_for_status()
+    return response.json().get("rows", [])
+
+
+def check_dataset(
+    url: str, api_key: str, dataset: str, expected_rows: int, present: dict[int, int], gone=()
+) -> list[str]:
+    """Row count, rows that must hold phase `present[key]`'s values, keys that must be gone."""
+    problems = []
+    with httpx.Client(base_url=url, headers={"x-api-key": api_key}, timeout=60) as http:
+        row_count = http.get(f"/v1/datasets/{dataset}").json().get("row_count")
+        if row_count != expected_rows:
+            problems.append(f"row_count {row_count}, expected {expected_rows}")
+        for key, phase in present.items():
+            rows = lookup(http, dataset, key)
+            if len(rows) != 1 or rows[0].get("email") != make_row(key, phase)["email"]:
+                problems.append(f"key {key}: {rows!r:.200}")
+        for key in gone:
+            if rows := lookup(http, dataset, key):
+                problems.append(f"deleted key {key} still there: {rows!r:.200}")
+    return problems
+
+
+def phase_problems(result: PhaseResult, expected: dict[str, int]) -> list[str]:
+    problems = []
+    if result.refused_pushes:
+        problems.append(f"{result.name}: {result.refused_pushes} pushes refused")
+    if result.failed_rows:
+        problems.append(f"{result.name}: {result.failed_rows:,} rows failed")
+    for key, want in expected.items():
+        if result.stats.get(key) != want:
+            problems.append(f"{result.name}: stats.{key} {result.stats.get(key)}, expected {want}")
+    return problems
+
+
+def server_log_oddities(path: Path, limit: int = 5) -> tuple[int, list[str]]:
+    """Lines of the server log that look like errors or warnings: (count, first few)."""
     try:
-        out = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return out.stdout.strip() or "-"
+        lines = path.read_text(errors="replace").splitlines()
     except OSError:
-        return "-"
+        return 0, []
+    marks = ("Traceback", "ERROR", "Error:", "WARNING", "CRITICAL", "Exception")
+    odd = [line for line in lines if any(mark in line for mark in marks)]
+    return len(odd), odd[:limit]
 
 
-def dir_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-PG_URL = os.environ.get("PUSHBASE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+# -- one backend on one fresh server ---------------------------------------------------
 
 
 def drop_pg_schema(schema: str) -> None:
@@ -349,95 +365,118 @@ def drop_pg_schema(schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def bench_backend(args: argparse.Namespace, backend: str) -> tuple[list[PhaseResult], int, int]:
-    """Run both phases on a fresh server of one backend: (results, peak RSS, exit code)."""
+def bench_backend(
+    args: argparse.Namespace, backend: str, run: int, workload: Workload, workdir: Path
+) -> BackendRun:
+    """The three phases on a fresh server of one backend."""
+    label = f"{backend} #{run}"
+    result = BackendRun(backend, run)
     server: ServerProcess | None = None
     data_dir: Path | None = None
     schema = None
+    dataset = args.dataset
     if args.url:
         url, api_key = args.url.rstrip("/"), args.api_key
+        if run > 1:
+            dataset = f"{args.dataset}_{run}"
     else:
-        data_dir = Path(tempfile.mkdtemp(prefix="pushbase-bench-"))
+        data_dir = workdir / f"{backend}-{run}"
         extra = dict(item.split("=", 1) for item in args.env)
         if backend == "postgres":
-            schema = f"pbbench_{os.getpid()}"
+            schema = f"pbbench_{os.getpid()}_{run}"
             extra |= {"PUSHBASE_DATABASE_URL": PG_URL, "PUSHBASE_DATABASE_SCHEMA": schema}
         server = ServerProcess(
             data_dir / "data", workers=args.workers, env=extra, log_path=data_dir / "server.log"
         )
         server.start(timeout=60)
         url, api_key = server.url, server.admin_key
-        print(f"[{backend}] server pid {server.pid} at {url}, data dir {data_dir}", flush=True)
+        print(f"[{label}] server pid {server.pid} at {url}, data dir {data_dir}", flush=True)
 
     sampler = RssSampler(server)
     sampler.start()
-    results: list[PhaseResult] = []
-    exit_code = 0
     try:
         with httpx.Client(base_url=url, headers={"x-api-key": api_key}, timeout=60) as http:
             response = http.post(
                 "/v1/datasets",
-                json={"id": args.dataset, "columns": COLUMNS, "unique_key": UNIQUE_KEY},
+                json={"id": dataset, "columns": COLUMNS, "unique_key": UNIQUE_KEY},
             )
             if response.status_code != 201:
-                print(f"create dataset: {response.status_code} {response.text}", file=sys.stderr)
-                return results, 0, 2
+                result.problems.append(f"create dataset: {response.status_code} {response.text}")
+                print(f"[{label}] {result.problems[-1]}", file=sys.stderr)
+                return result
 
-        n = args.rows
-        results.append(run_phase("insert", "insert", list(range(n)), 1, args, url, api_key))
-        keys, new = phase2_keys(n)
-        results.append(run_phase("upsert", "upsert", keys, 2, args, url, api_key))
+        n, new = workload.rows, workload.new_in_upsert
+        phases = result.phases
+        problems = result.problems
 
-        expected_rows = n + new
-        with httpx.Client(base_url=url, headers={"x-api-key": api_key}, timeout=60) as http:
-            row_count = http.get(f"/v1/datasets/{args.dataset}").json().get("row_count")
-            checks = []
-            for key, phase in ((0, 1), (n - 1, 2), (n + new - 1, 2)):
-                want = make_row(key, phase)
-                rows = (
-                    http.get(
-                        f"/v1/datasets/{args.dataset}/records",
-                        params={"tenant": want["tenant"], "user_id": want["user_id"]},
-                    )
-                    .json()
-                    .get("rows", [])
-                )
-                checks.append(len(rows) == 1 and rows[0].get("email") == want["email"])
-        ok = row_count == expected_rows and all(checks)
+        phases["insert"] = run_phase(label, "insert", workload.insert, args, url, api_key, dataset)
+        problems += phase_problems(phases["insert"], {"inserted": n})
+
+        phases["upsert"] = run_phase(label, "upsert", workload.upsert, args, url, api_key, dataset)
+        problems += phase_problems(phases["upsert"], {"inserted": new, "updated": n - new})
+        problems += check_dataset(
+            url, api_key, dataset, workload.after_upsert, {0: 1, n - 1: 2, n + new - 1: 2}
+        )
+
+        if not args.no_delete:
+            phases["delete"] = run_phase(
+                label, "delete", workload.delete, args, url, api_key, dataset
+            )
+            gone = workload.deleted
+            problems += phase_problems(phases["delete"], {"deleted": len(gone), "not_found": 0})
+            kept = {k: 1 if k < n - n // 2 else 2 for k in (1, n - 1, n + new - 1) if k % 10}
+            problems += check_dataset(
+                url, api_key, dataset, workload.after_delete, kept, gone=(gone[0], gone[-1])
+            )
         print(
-            f"[{backend}] row_count {row_count} (expected {expected_rows}); spot checks "
-            f"{'ok' if all(checks) else checks}",
+            f"[{label}] checks: {'ok' if not problems else '; '.join(problems)}",
             flush=True,
         )
-        if not ok or any(r.failed_rows or r.refused_pushes for r in results):
-            exit_code = 1
     finally:
         sampler.stop()
         hwm = server.peak_rss_bytes() if server else 0
         if server:
             code = server.stop(timeout=60)
-            print(f"[{backend}] server stopped (exit code {code})")
+            print(f"[{label}] server stopped (exit code {code})")
+            count, sample = server_log_oddities(server.log_path)
+            if count:
+                print(f"[{label}] server log has {count} error/warning lines, e.g.:")
+                for line in sample:
+                    print(f"    {line[:300]}")
         if data_dir is not None:
             store = dir_size(data_dir / "data") if (data_dir / "data").exists() else 0
-            print(f"[{backend}] data dir size {store / 1e6:.0f} MB")
-            if args.keep:
-                print(f"kept {data_dir}")
-            else:
+            print(f"[{label}] data dir size {store / 1e6:.0f} MB")
+            if not args.keep:
                 shutil.rmtree(data_dir, ignore_errors=True)
         if schema and not args.keep:
             drop_pg_schema(schema)
-    peak = max(sampler.peak, hwm)
-    print(
-        f"[{backend}] peak server RSS: {peak / 2**20:.0f} MiB (sampled "
-        f"{sampler.peak / 2**20:.0f} MiB, VmHWM {hwm / 2**20:.0f} MiB)"
-    )
-    return results, peak, exit_code
+    result.peak_rss = max(sampler.peak, hwm)
+    if server:
+        print(
+            f"[{label}] peak server RSS: {result.peak_rss / 1e6:.0f} MB (sampled process "
+            f"group {sampler.peak / 1e6:.0f} MB, VmHWM {hwm / 1e6:.0f} MB)"
+        )
+    return result
 
 
-def main(argv: list[str] | None = None) -> int:
+def dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows per phase")
-    parser.add_argument("--quick", action="store_true", help="100,000 rows per phase")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"sanity run: {QUICK_ROWS:,} rows, repeat 1 (about a minute for both backends)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per backend on fresh servers; medians"
+    )
     parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients")
     parser.add_argument("--batch-bytes", type=int, default=1_000_000, help="JSON bytes per push")
     parser.add_argument("--workers", type=int, default=None, help="PUSHBASE_WORKERS for the server")
@@ -450,42 +489,82 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--env", action="append", default=[], metavar="KEY=VALUE", help="extra server setting"
     )
-    parser.add_argument("--url", help="benchmark a running server instead of starting one")
+    parser.add_argument("--url", help="benchmark a running server (label its store with --backend)")
     parser.add_argument("--api-key", help="admin key for --url")
     parser.add_argument("--dataset", default="users")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the DuckDB baseline")
+    parser.add_argument("--no-delete", action="store_true", help="skip the delete phase")
     parser.add_argument("--job-timeout", type=float, default=1800.0)
-    parser.add_argument("--keep", action="store_true", help="keep the temporary data dir")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rows = 100_000
+        args.rows = QUICK_ROWS
+        args.repeat = 1
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if args.url and not args.api_key:
         parser.error("--url needs --api-key")
+    if args.url and args.backend == "both":
+        parser.error("--url needs --backend duckdb or postgres (the store the server runs)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     backends = ["duckdb", "postgres"] if args.backend == "both" else [args.backend]
-    if args.url:
-        backends = ["server"]
-
-    table: list[tuple[str, PhaseResult, int]] = []
-    exit_code = 0
-    for backend in backends:
-        results, peak, code = bench_backend(args, backend)
-        exit_code = max(exit_code, code)
-        table.extend((backend, r, peak) for r in results)
-
-    print()
+    workdir = Path(tempfile.mkdtemp(prefix="pushbase-bench-"))
     print(
-        "| date | commit | cpus | store | rows | clients | batch | phase | rows/s | accepted in | "
-        "failed jobs/rows | peak RSS |"
+        f"[bench] {args.rows:,} rows, {args.clients} clients, ~{args.batch_bytes / 1e6:g} MB "
+        f"pushes, backends {', '.join(backends)}, repeat {args.repeat}; temp dir {workdir}",
+        flush=True,
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for backend, r, peak in table:
-        print(
-            f"| {time.strftime('%Y-%m-%d')} | {git_commit()} | {os.cpu_count()} | {backend} | "
-            f"{r.rows:,} | {args.clients} | {args.batch_bytes / 1e6:g} MB | {r.name} | "
-            f"{r.rows_per_s:,.0f} | {r.accept_seconds:.1f}s | {r.failed_jobs}/{r.failed_rows} | "
-            f"{peak / 2**20:.0f} MiB |"
-        )
-    print(f"\n({platform.python_implementation()} {platform.python_version()})")
-    return exit_code
+    runs: list[BackendRun] = []
+    baseline: list[float] = []
+    try:
+        workload = prepare_workload(args.rows, args.batch_bytes)
+        ndjson = workdir / "insert.ndjson"
+        if not args.no_baseline:
+            size = write_ndjson(insert_keys(args.rows), 1, ndjson)
+            print(f"[baseline] wrote {ndjson} ({size / 1e6:.1f} MB)", flush=True)
+        for run in range(1, args.repeat + 1):
+            if not args.no_baseline:
+                b = run_baseline(ndjson, args.rows, workdir)
+                baseline.append(b.rows_per_s)
+                print(
+                    f"[baseline #{run}] {b.rows:,} rows in {b.seconds:.2f}s = "
+                    f"{b.rows_per_s:,.0f} rows/s (duckdb read_json -> keyed table)",
+                    flush=True,
+                )
+            for backend in backends:
+                runs.append(bench_backend(args, backend, run, workload, workdir))
+    finally:
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    problems = [f"{r.backend} #{r.run}: {p}" for r in runs for p in r.problems]
+    print("\n## Details\n")
+    print("\n".join(details_table(runs)))
+    if problems:
+        print("\nProblems (rows lost or wrong):")
+        for problem in problems:
+            print(f"- {problem}")
+
+    scope = (
+        f"{args.rows:,} rows per phase, ~{args.batch_bytes / 1e6:g} MB JSON pushes, "
+        f"{args.clients} concurrent clients"
+    )
+    if args.repeat > 1:
+        scope += f", medians of {args.repeat} runs on fresh servers"
+    if args.quick:
+        scope += " — `--quick` sanity run; the targets are for 1,000,000 rows"
+    print("\n## Results\n")
+    print(f"Workload: {scope}.\n")
+    print("\n".join(markdown_table(summary_rows(runs, baseline))))
+    print()
+    print("\n".join(environment_lines(PG_URL if "postgres" in backends else None)))
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

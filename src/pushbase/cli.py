@@ -390,6 +390,27 @@ def datasets_drop(
     err.print(f"dropped dataset {dataset_id}")
 
 
+@datasets_app.command("delete-all")
+def datasets_delete_all(
+    ctx: typer.Context,
+    dataset_id: Annotated[str, typer.Argument(metavar="ID")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait for the job")] = True,
+    url: UrlOption = None,
+    key: KeyOption = None,
+) -> None:
+    """Delete every row (a job, applied in order after the pushes before it)."""
+    out, _ = _consoles()
+    if not yes and not typer.confirm(f"delete all rows of {dataset_id!r}?"):
+        raise typer.Exit(1)
+    with _errors(), _client(ctx, url, key) as pb:
+        job = pb.delete_all(dataset_id, wait=wait)
+    if "stats" in job:
+        _print_job(out, job)
+    else:
+        out.print(f"job {job['job_id']} {job['status']}", highlight=False)
+
+
 # -- jobs ------------------------------------------------------------------------------
 
 

@@ -17,7 +17,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from pushbase.decode import DecodeOptions
 from pushbase.errors import PushbaseError
-from pushbase.jobs import Job, JobRunner
+from pushbase.jobs.model import Job
+from pushbase.jobs.runner import JobRunner
 from pushbase.schema import Dataset, WriteMethod
 from pushbase.settings import Settings
 from pushbase.storage import Store

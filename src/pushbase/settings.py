@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     job_retention_seconds: int = 7 * 24 * 3600
     idempotency_window_seconds: int = 24 * 3600
     max_row_errors: int = 100
+    duckdb_checkpoint_mb: int = Field(
+        256, ge=1, description="embedded store: write-ahead log size that triggers a checkpoint"
+    )
 
     @property
     def spool_dir(self) -> Path:

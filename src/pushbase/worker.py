@@ -7,7 +7,7 @@ import signal
 import threading
 
 from pushbase.errors import PushbaseError
-from pushbase.jobs import JobRunner
+from pushbase.jobs.runner import JobRunner
 from pushbase.settings import Settings
 from pushbase.storage import open_store
 

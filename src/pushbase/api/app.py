@@ -12,9 +12,10 @@ from fastapi.concurrency import run_in_threadpool
 from pushbase import __version__
 from pushbase.api import datasets, errors, jobs, keys, records, system
 from pushbase.auth import Scope
+from pushbase.console import router as console_router
 from pushbase.dialects import dengage, graphite, obsrv, qrvey
 from pushbase.ingest import Services
-from pushbase.jobs import JobRunner
+from pushbase.jobs.runner import JobRunner
 from pushbase.settings import Settings
 from pushbase.storage import open_store
 
@@ -61,4 +62,5 @@ def create_app(settings: Settings | None = None, workers: int | None = None) -> 
     errors.install(app)
     for module in (datasets, records, jobs, keys, system, qrvey, obsrv, dengage, graphite):
         app.include_router(module.router)
+    app.include_router(console_router)
     return app

@@ -107,6 +107,7 @@ def decode_payload(
         _add_constants(raw, options, table.num_rows)
         return _build(raw, present, table.num_rows, [], dataset, method, unknown)
     records = parse_json(data) if fmt is PayloadFormat.json else parse_ndjson(data)
+    del data  # the caller holds no other reference: free the raw bytes before building columns
     errors: list[RowError] = []
     if options.columns is not None:
         records = _positional(records, options.columns, errors)

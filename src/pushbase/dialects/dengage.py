@@ -213,7 +213,8 @@ def rename_header(data: bytes, renames: dict[str, str], taken: set[str]) -> tupl
     if data.startswith(_BOM):
         data = data[len(_BOM) :]
     end = data.find(b"\n")
-    line, rest = (data, b"") if end < 0 else (data[:end], data[end:])
+    # A file that is only a header still needs its line end for the CSV reader.
+    line, rest = (data, b"\n") if end < 0 else (data[:end], data[end:])
     eol = b"\r" if line.endswith(b"\r") else b""
     try:
         header = line.decode("utf-8").rstrip("\r")

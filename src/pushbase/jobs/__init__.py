@@ -1,6 +1,6 @@
-"""Jobs: the durable record of one accepted push and the runner that applies them."""
+"""Jobs: the durable record of one accepted push (`model`) and the workers that apply
+them (`runner`, imported from there: it needs the storage layer, which needs the model)."""
 
 from pushbase.jobs.model import Job, JobError, JobPhase, JobStats, JobStatus
-from pushbase.jobs.runner import JobRunner
 
-__all__ = ["Job", "JobError", "JobPhase", "JobRunner", "JobStats", "JobStatus"]
+__all__ = ["Job", "JobError", "JobPhase", "JobStats", "JobStatus"]

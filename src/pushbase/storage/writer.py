@@ -200,27 +200,46 @@ class SqlWriter(ABC):
         target, source = self._staged_columns()
         self.execute(f"INSERT INTO {self.table} ({target}) SELECT {source} FROM {self.stg}")
 
-    def _insert(self) -> None:
-        exists = f"EXISTS (SELECT 1 FROM {self.table} t WHERE {self._join('t', 's')})"
-        ranked = (
-            f"SELECT *, row_number() OVER (PARTITION BY {self._keys()} ORDER BY o) AS n,"
-            f" row_number() OVER (PARTITION BY {self._keys()}, j ORDER BY o) AS nj"
-            f" FROM {self.stg}"
+    def _repeated_keys(self) -> bool:
+        """Whether some key appears on several staged rows (a cheap hash aggregate)."""
+        ((count,),) = self.fetch(
+            f"SELECT count(*) FROM (SELECT 1 FROM {self.stg} GROUP BY {self._keys()}"
+            " HAVING count(*) > 1) d"
         )
+        return count > 0
+
+    def _insert(self) -> None:
+        """A key already stored, or seen earlier in the group, fails its row."""
+        exists = f"EXISTS (SELECT 1 FROM {self.table} t WHERE {self._join('t', 's')})"
+        self.execute(
+            f"CREATE TEMP TABLE {self.mrg} AS SELECT s.*, {exists} AS _stored FROM {self.stg} s"
+        )
+        first = "true"
+        if self._repeated_keys():
+            # Only now pay for ranking rows within their key: which occurrence came first.
+            ranked = (
+                f"SELECT j, r, o, _stored,"
+                f" row_number() OVER (PARTITION BY {self._keys()} ORDER BY o) AS n,"
+                f" row_number() OVER (PARTITION BY {self._keys()}, j ORDER BY o) AS nj"
+                f" FROM {self.mrg}"
+            )
+            failures = self.fetch(
+                f"SELECT j, r, nj > 1, n FROM ({ranked}) x WHERE n > 1 OR _stored ORDER BY o"
+            )
+            first = f"o IN (SELECT min(o) FROM {self.mrg} GROUP BY {self._keys()})"
+        else:
+            failures = self.fetch(f"SELECT j, r, false, 1 FROM {self.mrg} WHERE _stored ORDER BY o")
         key_name = ",".join(self.dataset.unique_key)
-        for j, row, in_job in self.fetch(
-            f"SELECT s.j, s.r, s.nj > 1 FROM ({ranked}) s WHERE s.n > 1 OR {exists} ORDER BY s.o"
-        ):
+        for j, row, in_job, _ in failures:
             message = "key appears earlier in this job" if in_job else "key already exists"
             self.errors[j].append(RowError(row, key_name, "duplicate_key", message))
-        self.execute(
-            f"CREATE TEMP TABLE {self.mrg} AS SELECT * FROM ({ranked}) s"
-            f" WHERE s.n = 1 AND NOT {exists}"
-        )
-        for j, count in self.fetch(f"SELECT j, count(*) FROM {self.mrg} GROUP BY j"):
+        valid = f"NOT _stored AND {first}"
+        for j, count in self.fetch(f"SELECT j, count(*) FROM {self.mrg} WHERE {valid} GROUP BY j"):
             self.stats[j].inserted = int(count)
         target, source = self._staged_columns()
-        self.execute(f"INSERT INTO {self.table} ({target}) SELECT {source} FROM {self.mrg}")
+        self.execute(
+            f"INSERT INTO {self.table} ({target}) SELECT {source} FROM {self.mrg} WHERE {valid}"
+        )
 
     def _merge(self, against_stored: bool) -> None:
         """Upsert (merge with stored rows) or replace (merge within the job only).
@@ -239,7 +258,10 @@ class SqlWriter(ABC):
             if mask:
                 folded.append(f"bool_or(p{p}) AS p{p}")
         folded.append("min(o) AS _first")
-        fold = f"SELECT {', '.join(folded)} FROM {self.stg} GROUP BY {self._keys()}"
+        if self._repeated_keys():
+            fold = f"SELECT {', '.join(folded)} FROM {self.stg} GROUP BY {self._keys()}"
+        else:  # one row per key: nothing to fold
+            fold = f"SELECT *, o AS _first FROM {self.stg}"
 
         selected = []
         for column in self.dataset.columns:
