@@ -238,7 +238,7 @@ def summary_rows(runs: Sequence[BackendRun], baseline: Sequence[float]) -> list[
         if lost:
             problems.append(f"{lost:,} rows failed")
         if refused:
-            problems.append(f"{refused} pushes refused")
+            problems.append(f"{refused} push{'es' if refused > 1 else ''} refused")
         if problems and ok is None:
             ok = False
         rows.append(

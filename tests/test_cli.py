@@ -123,8 +123,7 @@ def test_push_200k_row_csv_lands_exactly(server: ServerProcess, tmp_path: Path) 
     ok(run_cli(server, "datasets", "create", "events", "--columns", EVENT_COLUMNS))
     started = time.monotonic()
     result = ok(
-        run_cli(server, "push", "events", str(path), "--concurrency", "4",
-                "--batch-bytes", "512KB")  # fmt: skip
+        run_cli(server, "push", "events", str(path), "--concurrency", "4", "--batch-bytes", "512KB")
     )
     elapsed = time.monotonic() - started
     assert "inserted 200,000" in result.stdout, result.stdout
@@ -153,10 +152,25 @@ def test_push_interrupted_by_server_restart_applies_nothing_twice(tmp_path: Path
     server.start()
     try:
         ok(run_cli(server, "datasets", "create", "stream", "--columns", EVENT_COLUMNS))
-        command = [pushbase_bin(), "push", "stream", str(path), "--batch-bytes", "16KB",
-                   "--concurrency", "2", "--retries", "50"]  # fmt: skip
-        first = subprocess.Popen(command, env=cli_env(server), stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, cwd=str(REPO_ROOT))  # fmt: skip
+        command = [
+            pushbase_bin(),
+            "push",
+            "stream",
+            str(path),
+            "--batch-bytes",
+            "16KB",
+            "--concurrency",
+            "2",
+            "--retries",
+            "50",
+        ]
+        first = subprocess.Popen(
+            command,
+            env=cli_env(server),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=str(REPO_ROOT),
+        )
         accepted_before_kill = 0
         with server.client() as http:
             deadline = time.monotonic() + 60
@@ -175,8 +189,9 @@ def test_push_interrupted_by_server_restart_applies_nothing_twice(tmp_path: Path
         assert first.returncode == 130, output
 
         server.start()  # same data dir, same port: the same command line works again
-        rerun = subprocess.run(command, env=cli_env(server), capture_output=True, timeout=240,
-                               cwd=str(REPO_ROOT))  # fmt: skip
+        rerun = subprocess.run(
+            command, env=cli_env(server), capture_output=True, timeout=240, cwd=str(REPO_ROOT)
+        )
         stdout = rerun.stdout.decode(errors="replace")
         assert rerun.returncode == 0, stdout + rerun.stderr.decode(errors="replace")
         assert "failed 0" in stdout, stdout
@@ -218,11 +233,14 @@ def test_push_with_bad_rows_exits_non_zero_and_names_their_lines(
 
 
 def test_every_input_format_and_stdin(server: ServerProcess, tmp_path: Path) -> None:
-    records = [{"id": i, "name": f"n{i}", "score": i / 4, "tags": ["a", f"t{i}"]} for i in range(300)]
+    records = [
+        {"id": i, "name": f"n{i}", "score": i / 4, "tags": ["a", f"t{i}"]} for i in range(300)
+    ]
     sample = tmp_path / "sample.json"
     sample.write_bytes(orjson.dumps(records[:3]))
-    created = cli_json(server, "datasets", "create", "fmt", "--from-sample", str(sample),
-                       "--key", "id")  # fmt: skip
+    created = cli_json(
+        server, "datasets", "create", "fmt", "--from-sample", str(sample), "--key", "id"
+    )
     assert [c["type"] for c in created["columns"]] == ["integer", "string", "number", "json"]
     assert created["unique_key"] == ["id"]
 
@@ -248,8 +266,20 @@ def test_every_input_format_and_stdin(server: ServerProcess, tmp_path: Path) -> 
 def test_dataset_job_key_and_export_commands(server: ServerProcess, tmp_path: Path) -> None:
     sample = tmp_path / "people.csv"
     sample.write_text("id,email,born\n1,a@x.org,1990-02-03\n2,b@x.org,1985-12-31\n")
-    ok(run_cli(server, "datasets", "create", "people", "--from-sample", str(sample),
-               "--key", "id", "--name", "People"))  # fmt: skip
+    ok(
+        run_cli(
+            server,
+            "datasets",
+            "create",
+            "people",
+            "--from-sample",
+            str(sample),
+            "--key",
+            "id",
+            "--name",
+            "People",
+        )
+    )
     listed = {d["id"]: d for d in cli_json(server, "datasets", "list")}
     assert listed["people"]["name"] == "People"
     ok(run_cli(server, "push", "people", str(sample), "--no-wait"))
@@ -293,13 +323,16 @@ def test_dataset_job_key_and_export_commands(server: ServerProcess, tmp_path: Pa
 
 def test_unreachable_server_and_missing_key_fail_cleanly(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHBASE_")}
-    no_key = subprocess.run([pushbase_bin(), "datasets", "list"], capture_output=True, env=env,
-                            timeout=60)  # fmt: skip
+    no_key = subprocess.run(
+        [pushbase_bin(), "datasets", "list"], capture_output=True, env=env, timeout=60
+    )
     assert no_key.returncode == 2 and b"PUSHBASE_API_KEY" in no_key.stderr
     port = free_port()
     unreachable = subprocess.run(
         [pushbase_bin(), "--url", f"http://127.0.0.1:{port}", "--key", "k", "datasets", "list"],
-        capture_output=True, env=env, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
     assert unreachable.returncode == 2, unreachable.stderr
     assert b"connection_error" in unreachable.stderr

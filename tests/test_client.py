@@ -102,11 +102,17 @@ def test_import_is_light_and_exports_the_client() -> None:
 
 def test_push_list_of_dicts_waits_and_reports(pb: Client, people: str) -> None:
     rows = [
-        {"id": 1, "name": "Ada", "score": 9.5, "active": True, "born": "1815-12-10",
-         "seen": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)},
+        {
+            "id": 1,
+            "name": "Ada",
+            "score": 9.5,
+            "active": True,
+            "born": "1815-12-10",
+            "seen": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        },
         {"id": 2, "name": "Linus", "score": None, "active": "no", "born": dt.date(1969, 12, 28)},
         {"id": "three", "name": "bad"},
-    ]  # fmt: skip
+    ]
     result = pb.push(people, rows, wait=True)
     assert result.finished and not result.ok
     assert (result.inserted, result.failed, result.batches) == (2, 1, 1)
@@ -129,10 +135,11 @@ def test_push_pandas_dataframe(pb: Client, people: str) -> None:
             "score": [1.5, float("nan"), 3.0],
             "active": [True, False, True],
             "born": pd.to_datetime(["2000-01-01", "2000-01-02", None]).date,
-            "seen": pd.to_datetime(["2024-05-06 07:08:09", None, "2024-05-06T07:08:09.5Z"],
-                                   utc=True, format="ISO8601"),
+            "seen": pd.to_datetime(
+                ["2024-05-06 07:08:09", None, "2024-05-06T07:08:09.5Z"], utc=True, format="ISO8601"
+            ),
         }
-    )  # fmt: skip
+    )
     result = pb.push(people, frame, wait=True)
     assert result.ok, result.errors
     assert result.inserted == 3
@@ -145,9 +152,14 @@ def test_push_pandas_dataframe(pb: Client, people: str) -> None:
 
 def test_push_polars_dataframe_flat_and_nested(pb: Client, people: str) -> None:
     frame = pl.DataFrame(
-        {"id": [1, 2], "name": ["x", "y"], "score": [0.25, None], "active": [None, True],
-         "born": [dt.date(2020, 2, 29), None]}
-    )  # fmt: skip
+        {
+            "id": [1, 2],
+            "name": ["x", "y"],
+            "score": [0.25, None],
+            "active": [None, True],
+            "born": [dt.date(2020, 2, 29), None],
+        }
+    )
     assert pb.push(people, frame, wait=True).inserted == 2
     pb.datasets.create(f"{people}-n", sample={"id": 1, "tags": ["a"]}, unique_key=["id"])
     nested = pl.DataFrame({"id": [1, 2], "tags": [["a", "b"], []]})
@@ -166,8 +178,12 @@ def test_push_arrow_table_and_record_batch_in_many_batches(pb: Client, people: s
     assert result.ok and result.inserted == count and result.batches > 5
     assert pb.datasets.get(people)["row_count"] == count
     # row errors come back with their position in the whole input, whichever batch held it
-    bad = pa.table({"id": pa.array([str(i) if i != 15_000 else "x" for i in ids]),
-                    "score": pa.array([1.0] * count)})  # fmt: skip
+    bad = pa.table(
+        {
+            "id": pa.array([str(i) if i != 15_000 else "x" for i in ids]),
+            "score": pa.array([1.0] * count),
+        }
+    )
     result = pb.push(people, bad.to_batches()[0], wait=True, batch_bytes="16KB")
     assert result.updated == count - 1 and result.failed == 1
     assert result.errors[0].row == 15_000 and result.errors[0].location == "row 15001"
@@ -225,8 +241,10 @@ def test_methods_idempotency_and_jobs(pb: Client, people: str) -> None:
 def test_datasets_and_keys(pb: Client, server: ServerProcess) -> None:
     inferred = pb.datasets.infer({"id": 1, "at": "2024-01-01T00:00:00Z", "a": {"b": True}})
     assert [(c["name"], c["type"]) for c in inferred] == [
-        ("id", "integer"), ("at", "datetime"), ("a.b", "boolean")
-    ]  # fmt: skip
+        ("id", "integer"),
+        ("at", "datetime"),
+        ("a.b", "boolean"),
+    ]
     created = pb.datasets.create("dk", sample={"id": 1, "v": "x"}, unique_key="id", name="DK")
     assert created["unique_key"] == ["id"] and created["name"] == "DK"
     assert "dk" in [d["id"] for d in pb.datasets.list()]
@@ -279,37 +297,50 @@ def test_server_errors_become_typed_exceptions(pb: Client, server: ServerProcess
     with Client(server.url, "") as anonymous, pytest.raises(Unauthorized) as no_key:
         anonymous.datasets.list()
     assert no_key.value.code == "unauthorized"
-    with Client(f"http://127.0.0.1:{free_port()}", "k", retries=1, backoff=0.01) as nowhere:
-        with pytest.raises(ConnectionFailed) as unreachable:
-            nowhere.datasets.list()
+    nowhere = Client(f"http://127.0.0.1:{free_port()}", "k", retries=1, backoff=0.01)
+    with nowhere, pytest.raises(ConnectionFailed) as unreachable:
+        nowhere.datasets.list()
     assert unreachable.value.code == "connection_error"
 
 
 def test_queue_full_is_retried_then_raised(tmp_path: Path) -> None:
     env = {"PUSHBASE_QUEUE_MAX_BYTES": "64"}
-    with ServerProcess(tmp_path / "data", workers=0, env=env) as small:
-        with Client(small.url, small.admin_key, retries=1) as client:
-            client.datasets.create("q", columns=[{"name": "a", "type": "string"}])
-            rows = [{"a": "x" * 100}]
-            with pytest.raises(QueueFull) as full:
-                client.push("q", rows)
-            assert full.value.status == 429 and full.value.retry_after == 1.0
-            assert full.value.code == "queue_full"
+    small = ServerProcess(tmp_path / "data", workers=0, env=env)
+    with small, Client(small.url, small.admin_key, retries=1) as client:
+        client.datasets.create("q", columns=[{"name": "a", "type": "string"}])
+        rows = [{"a": "x" * 100}]
+        with pytest.raises(QueueFull) as full:
+            client.push("q", rows)  # refused, retried once after Retry-After, refused again
+        assert full.value.status == 429 and full.value.retry_after == 1.0
+        assert full.value.code == "queue_full"
 
 
 @pytest.mark.parametrize(
     ("status", "cls"),
-    [(400, BadRequest), (401, Unauthorized), (403, Forbidden), (404, NotFound), (409, Conflict),
-     (413, PayloadTooLarge), (415, UnsupportedMediaType), (422, ValidationError),
-     (429, QueueFull), (500, ServerError), (503, ServerError)],
-)  # fmt: skip
+    [
+        (400, BadRequest),
+        (401, Unauthorized),
+        (403, Forbidden),
+        (404, NotFound),
+        (409, Conflict),
+        (413, PayloadTooLarge),
+        (415, UnsupportedMediaType),
+        (422, ValidationError),
+        (429, QueueFull),
+        (500, ServerError),
+        (503, ServerError),
+    ],
+)
 def test_every_status_has_its_exception(status: int, cls: type[PushbaseError]) -> None:
     envelope = {"error": {"code": "some_code", "message": "why", "details": {"k": 1}}}
     error = error_from_response(httpx.Response(status, json=envelope))
     assert type(error) is cls and isinstance(error, PushbaseError)
     assert (error.code, error.message, error.status, error.details) == (
-        "some_code", "why", status, {"k": 1}
-    )  # fmt: skip
+        "some_code",
+        "why",
+        status,
+        {"k": 1},
+    )
     bare = error_from_response(httpx.Response(status, text="<html>proxy</html>"))
     assert type(bare) is cls and bare.code == f"http_{status}" and "proxy" in bare.message
 

@@ -19,14 +19,21 @@ import pytest
 from fastapi.testclient import TestClient
 
 try:
-    from serverproc import REPO_ROOT, ServerProcess
+    from serverproc import ServerProcess
 except ImportError:  # tests/ imported as a package
-    from tests.serverproc import REPO_ROOT, ServerProcess
+    from tests.serverproc import ServerProcess
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 TIMEOUT_MS = 20_000
 
 
@@ -36,8 +43,12 @@ TIMEOUT_MS = 20_000
 def test_console_pages_are_shells_with_security_headers(client: TestClient) -> None:
     home = client.get("/console", follow_redirects=False)
     assert home.status_code == 307 and home.headers["location"] == "/console/datasets"
-    for path, page in [("/console/signin", "signin"), ("/console/datasets", "datasets"),
-                       ("/console/datasets/new", "new_dataset"), ("/console/jobs", "jobs")]:  # fmt: skip
+    for path, page in [
+        ("/console/signin", "signin"),
+        ("/console/datasets", "datasets"),
+        ("/console/datasets/new", "new_dataset"),
+        ("/console/jobs", "jobs"),
+    ]:
         response = client.get(path, headers={"x-api-key": ""})  # pages need no key
         assert response.status_code == 200, path
         assert response.headers["content-type"].startswith("text/html")
@@ -90,9 +101,11 @@ def page(browser: Any, server: ServerProcess) -> Iterator[Any]:
     tab.on("pageerror", lambda error: problems.append(f"page error: {error}"))
     tab.on(
         "console",
-        lambda msg: problems.append(f"console: {msg.text}")
-        if msg.type == "error" and "Failed to load resource" not in msg.text
-        else None,
+        lambda msg: (
+            problems.append(f"console: {msg.text}")
+            if msg.type == "error" and "Failed to load resource" not in msg.text
+            else None
+        ),
     )
     yield tab
     context.close()
@@ -113,8 +126,9 @@ def shell(
     env["PUSHBASE_API_KEY"] = server.admin_key
     env["PUSHBASE_URL"] = server.url
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env,
-                            cwd=str(cwd), timeout=120)  # fmt: skip
+    result = subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, env=env, cwd=str(cwd), timeout=120
+    )
     assert result.returncode == exit_code, f"{command}\n{result.stdout}\n{result.stderr}"
     return result
 
@@ -143,8 +157,13 @@ def test_sign_in_create_from_sample_push_with_shown_curl_and_watch(
     # create a dataset from a pasted sample, editing the proposed columns first
     page.click("#new-dataset")
     expect(page).to_have_url(re.compile(r"/console/datasets/new$"))
-    sample = {"visit_id": 1, "page": "/home", "seconds": 12.5, "at": "2024-03-01T10:00:00Z",
-              "user": {"country": "NO"}}  # fmt: skip
+    sample = {
+        "visit_id": 1,
+        "page": "/home",
+        "seconds": 12.5,
+        "at": "2024-03-01T10:00:00Z",
+        "user": {"country": "NO"},
+    }
     page.fill("#sample", orjson.dumps(sample).decode())
     page.click("#infer")
     rows = page.locator("#columns-edit tbody tr")
@@ -173,7 +192,9 @@ def test_sign_in_create_from_sample_push_with_shown_curl_and_watch(
     curl_push = page.locator("#cmd-curl-push")
     expect(curl_push).to_be_visible()
     command = curl_push.text_content()
-    assert command.startswith("curl -X POST") and f"{server.url}/v1/datasets/visits/records" in command
+    assert (
+        command.startswith("curl -X POST") and f"{server.url}/v1/datasets/visits/records" in command
+    )
     for name in ("push-csv", "delete", "delete-all"):
         assert page.locator(f"#cmd-curl-{name}").text_content().startswith("curl ")
 
@@ -186,8 +207,9 @@ def test_sign_in_create_from_sample_push_with_shown_curl_and_watch(
         "2,/b,lots,2024-03-02 09:00,DK\n"
         "3,/c,7,2024-03-02T10:00:00Z,\n"
     )
-    accepted = orjson.loads(shell(page.locator("#cmd-curl-push-csv").text_content(), server,
-                                  tmp_path).stdout)  # fmt: skip
+    accepted = orjson.loads(
+        shell(page.locator("#cmd-curl-push-csv").text_content(), server, tmp_path).stdout
+    )
     assert accepted["job_id"].startswith("job_")
 
     # rows appear on their own (the page polls), with the job list
@@ -208,9 +230,13 @@ def test_sign_in_create_from_sample_push_with_shown_curl_and_watch(
     page.click('#command-tabs button[data-tab="python"]')
     python_push = page.locator("#cmd-python-push").text_content()
     assert 'pb.push("visits", [{"visit_id": 42' in python_push
-    result = subprocess.run([sys.executable, "-c", python_push], capture_output=True, text=True,
-                            env={**os.environ, "PUSHBASE_API_KEY": server.admin_key},
-                            timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", python_push],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PUSHBASE_API_KEY": server.admin_key},
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[:3] == ["0", "1", "0"]  # inserted, updated, failed
 
@@ -250,16 +276,26 @@ def test_dataset_values_are_shown_as_text_never_run(page: Any, server: ServerPro
 
     hostile = '<img src=x onerror="window.pwned=1">'
     with server.client() as http:
-        created = http.post("/v1/datasets", json={
-            "id": "hostile", "name": hostile,
-            "columns": [{"name": hostile, "type": "string"}, {"name": "n", "type": "integer"}],
-        })  # fmt: skip
+        created = http.post(
+            "/v1/datasets",
+            json={
+                "id": "hostile",
+                "name": hostile,
+                "columns": [{"name": hostile, "type": "string"}, {"name": "n", "type": "integer"}],
+            },
+        )
         assert created.status_code == 201, created.text
-        pushed = http.post("/v1/datasets/hostile/records", params={"wait": 10},
-                           json=[{hostile: "<script>window.pwned=2</script>", "n": "x"}])  # fmt: skip
+        pushed = http.post(
+            "/v1/datasets/hostile/records",
+            params={"wait": 10},
+            json=[{hostile: "<script>window.pwned=2</script>", "n": "x"}],
+        )
         assert pushed.status_code == 200 and pushed.json()["stats"]["failed"] == 1
-        http.post("/v1/datasets/hostile/records", params={"wait": 10},
-                  json=[{hostile: "<b>bold</b>", "n": 1}])  # fmt: skip
+        http.post(
+            "/v1/datasets/hostile/records",
+            params={"wait": 10},
+            json=[{hostile: "<b>bold</b>", "n": 1}],
+        )
         job_id = pushed.json()["id"]
     page.goto("/console/signin")
     page.fill("#api-key", server.admin_key)

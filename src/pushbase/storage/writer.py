@@ -30,6 +30,7 @@ from pushbase.jobs.model import Job, JobStats, JobStatus
 from pushbase.schema import Column, Dataset, WriteMethod
 
 JOB_SHIFT = 32  # o = j << 32 | r: one order over all rows of a group
+ROW_MASK = (1 << JOB_SHIFT) - 1
 
 
 class AtomicViolation(Exception):
@@ -258,7 +259,8 @@ class SqlWriter(ABC):
             if mask:
                 folded.append(f"bool_or(p{p}) AS p{p}")
         folded.append("min(o) AS _first")
-        if self._repeated_keys():
+        repeated = self._repeated_keys()
+        if repeated:
             fold = f"SELECT {', '.join(folded)} FROM {self.stg} GROUP BY {self._keys()}"
         else:  # one row per key: nothing to fold
             fold = f"SELECT *, o AS _first FROM {self.stg}"
@@ -287,20 +289,29 @@ class SqlWriter(ABC):
             f"CREATE TEMP TABLE {self.mrg} AS SELECT *, NOT _existed AND ({missing}) AS _bad"
             f" FROM ({merged}) x"
         )
-        back = " AND ".join(
-            f"s.c{self.positions[k]} = b.{self.ident(k)}" for k in self.dataset.unique_key
-        )
-        names = ", ".join(repr(c.name) for c in required)
-        for j, row in self.fetch(
-            f"SELECT s.j, s.r FROM {self.stg} s JOIN {self.mrg} b ON {back}"
-            " WHERE b._bad ORDER BY s.o"
-        ):
-            message = f"a new row needs a value for {names}"
-            self.errors[j].append(RowError(row, None, "missing_value", message))
+        # Each staged row with the outcome of its key (joined back only if rows were folded).
+        if repeated:
+            back = " AND ".join(
+                f"s.c{self.positions[k]} = b.{self.ident(k)}" for k in self.dataset.unique_key
+            )
+            per_row = (
+                f"SELECT s.j, s.r, s.o, b._existed, b._first, b._bad"
+                f" FROM {self.stg} s JOIN {self.mrg} b ON {back}"
+            )
+        else:
+            per_row = (
+                f"SELECT _first >> {JOB_SHIFT} AS j, _first & {ROW_MASK} AS r, _first AS o,"
+                f" _existed, _first, _bad FROM {self.mrg}"
+            )
+        if required:
+            names = ", ".join(repr(c.name) for c in required)
+            for j, row in self.fetch(f"SELECT j, r FROM ({per_row}) x WHERE _bad ORDER BY o"):
+                message = f"a new row needs a value for {names}"
+                self.errors[j].append(RowError(row, None, "missing_value", message))
         for j, inserted, updated in self.fetch(
-            "SELECT s.j, count(*) FILTER (WHERE NOT b._existed AND s.o = b._first),"
-            " count(*) FILTER (WHERE b._existed OR s.o > b._first)"
-            f" FROM {self.stg} s JOIN {self.mrg} b ON {back} WHERE NOT b._bad GROUP BY s.j"
+            "SELECT j, count(*) FILTER (WHERE NOT _existed AND o = _first),"
+            f" count(*) FILTER (WHERE _existed OR o > _first) FROM ({per_row}) x"
+            " WHERE NOT _bad GROUP BY j"
         ):
             self.stats[j].inserted, self.stats[j].updated = int(inserted), int(updated)
         ((existing,),) = self.fetch(f"SELECT count(*) FROM {self.mrg} WHERE _existed")

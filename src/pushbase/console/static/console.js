@@ -490,7 +490,7 @@
       return;
     }
     if (apiKey()) {
-      $("#who").textContent = "key " + apiKey().slice(0, 7) + "…";
+      $("#who").textContent = "signed in";
       const out = $("#signout");
       out.hidden = false;
       out.addEventListener("click", () => {
