@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -53,6 +54,7 @@ from report import (  # noqa: E402
     PhaseResult,
     details_table,
     environment_lines,
+    load_average,
     markdown_table,
     percentile,
     summary_rows,
@@ -385,7 +387,8 @@ def warm_up(url: str, api_key: str, workload: Workload, label: str) -> None:
         response = http.post(
             "/v1/datasets", json={"id": dataset, "columns": COLUMNS, "unique_key": UNIQUE_KEY}
         )
-        response.raise_for_status()
+        if response.status_code != 409:  # 409: left by an earlier run against --url
+            response.raise_for_status()
         for method, batches in (
             ("insert", workload.insert),
             ("upsert", workload.upsert),
@@ -438,7 +441,15 @@ def bench_backend(
         server = ServerProcess(
             data_dir / "data", workers=args.workers, env=extra, log_path=data_dir / "server.log"
         )
-        server.start(timeout=60)
+        try:
+            server.start(timeout=60)
+        except Exception as exc:
+            result.problems.append(f"server did not start: {exc}")
+            print(f"[{label}] {result.problems[-1]}", file=sys.stderr)
+            server.kill()
+            if schema:
+                drop_pg_schema(schema)
+            return result
         url, api_key = server.url, server.admin_key
         print(f"[{label}] server pid {server.pid} at {url}, data dir {data_dir}", flush=True)
 
@@ -485,6 +496,9 @@ def bench_backend(
             f"[{label}] checks: {'ok' if not problems else '; '.join(problems)}",
             flush=True,
         )
+    except Exception as exc:  # report what was measured, and go on with the next run
+        traceback.print_exc()
+        result.problems.append(f"aborted: {type(exc).__name__}: {exc}")
     finally:
         sampler.stop()
         hwm = server.peak_rss_bytes() if server else 0
@@ -566,6 +580,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     backends = ["duckdb", "postgres"] if args.backend == "both" else [args.backend]
+    load_at_start = load_average()
     workdir = Path(tempfile.mkdtemp(prefix="pushbase-bench-"))
     print(
         f"[bench] {args.rows:,} rows, {args.clients} clients, ~{args.batch_bytes / 1e6:g} MB "
@@ -610,14 +625,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.clients} concurrent clients"
     )
     if args.repeat > 1:
-        scope += f", medians of {args.repeat} runs on fresh servers"
+        scope += f", medians of {args.repeat} runs" + ("" if args.url else " on fresh servers")
     if args.quick:
         scope += " — `--quick` sanity run; the targets are for 1,000,000 rows"
     print("\n## Results\n")
     print(f"Workload: {scope}.\n")
     print("\n".join(markdown_table(summary_rows(runs, baseline))))
     print()
-    print("\n".join(environment_lines(PG_URL if "postgres" in backends else None)))
+    print("\n".join(environment_lines(PG_URL if "postgres" in backends else None, load_at_start)))
     return 1 if problems else 0
 
 

@@ -136,7 +136,14 @@ def postgres_version(url: str) -> str:
         return f"unavailable ({type(exc).__name__})"
 
 
-def environment_lines(pg_url: str | None) -> list[str]:
+def load_average() -> str:
+    try:
+        return " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def environment_lines(pg_url: str | None, load_at_start: str = "") -> list[str]:
     versions = [
         f"Python {platform.python_version()}",
         f"duckdb {package_version('duckdb')}",
@@ -150,6 +157,8 @@ def environment_lines(pg_url: str | None) -> list[str]:
         f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}; commit {git_commit()}",
         f"- machine: {nproc()} CPUs ({cpu_model()}), {ram_total()} RAM, "
         f"{platform.system()} {platform.release()}",
+        f"- load average (1/5/15 min): "
+        f"{load_at_start + ' at start, ' if load_at_start else ''}{load_average()} at end",
         f"- versions: {', '.join(versions)}",
     ]
 
