@@ -267,6 +267,41 @@ def wait_jobs(
 STAT_KEYS = ("received", "inserted", "updated", "deleted", "not_found", "failed", "ignored_fields")
 
 
+PROBE_DATASET = "bench_probe"
+PROBE_INTERVAL = 0.25
+
+
+class LatencyProbe(threading.Thread):
+    """A ninth client, apart from the load: one 1 MB push every 250 ms to its own dataset.
+
+    Its send → 202 times are "the acknowledgement latency of a 1 MB push while the above
+    runs"; the loading clients' own times measure a saturated queue instead.
+    """
+
+    def __init__(self, url: str, api_key: str, body: bytes) -> None:
+        super().__init__(daemon=True)
+        self.url, self.api_key, self.body = url, api_key, body
+        self.latencies: list[float] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        headers = {"x-api-key": self.api_key, "content-type": "application/json"}
+        with httpx.Client(base_url=self.url, headers=headers, timeout=60) as http:
+            while not self.stopping.wait(PROBE_INTERVAL):
+                sent = time.perf_counter()
+                response = http.post(
+                    f"/v1/datasets/{PROBE_DATASET}/records", params={"method": "insert"},
+                    content=self.body,
+                )  # fmt: skip
+                if response.status_code in (200, 202):
+                    self.latencies.append((time.perf_counter() - sent) * 1000)
+
+    def stop(self) -> list[float]:
+        self.stopping.set()
+        self.join()
+        return self.latencies
+
+
 def run_phase(
     label: str,
     name: str,
@@ -280,6 +315,8 @@ def run_phase(
     records = sum(rows for _, rows in batches)
     print(f"[{tag}] pushing {records:,} records in {len(batches)} pushes", flush=True)
     result = PhaseResult(name, name, records, len(batches))
+    probe = LatencyProbe(url, api_key, batches[0][0])
+    probe.start()
     pushes, started = push_all(url, api_key, dataset, name, batches, args.clients)
     result.accept_seconds = time.time() - started
     result.retries_429 = sum(p.retries for p in pushes)
@@ -291,6 +328,7 @@ def run_phase(
     acked = sorted((p for p in pushes if p.job_id), key=lambda p: p.acked_at)
     result.ack_ms = [p.ack_ms for p in acked]
     docs, last_seen = wait_jobs(url, api_key, [p.job_id for p in acked], args.job_timeout)
+    result.probe_ms = probe.stop()
     finished = [parse_ts(d.get("finished_at")) for d in docs.values()]
     end = max((f for f in finished if f is not None), default=None) or last_seen
     result.seconds = max(end - started, 1e-9)
@@ -319,7 +357,8 @@ def run_phase(
         f"[{tag}] {result.rows:,} records in {result.seconds:.2f}s = "
         f"{result.rows_per_s:,.0f} rows/s end to end (all accepted after "
         f"{result.accept_seconds:.2f}s); ack p50 {percentile(result.ack_ms, 50):.1f} ms, "
-        f"p99 {percentile(result.ack_ms, 99):.1f} ms; failed jobs {result.failed_jobs}, "
+        f"p99 {percentile(result.ack_ms, 99):.1f} ms (probe p99 "
+        f"{percentile(result.probe_ms, 99):.1f} ms); failed jobs {result.failed_jobs}, "
         f"failed rows {result.failed_rows}, refused pushes {result.refused_pushes}, "
         f"429 retries {result.retries_429}; stats {totals}",
         flush=True,
@@ -389,6 +428,7 @@ def warm_up(url: str, api_key: str, workload: Workload, label: str) -> None:
         )
         if response.status_code != 409:  # 409: left by an earlier run against --url
             response.raise_for_status()
+        http.post("/v1/datasets", json={"id": PROBE_DATASET, "columns": COLUMNS})
         for method, batches in (
             ("insert", workload.insert),
             ("upsert", workload.upsert),

@@ -32,6 +32,7 @@ class PhaseResult:
     refused_pushes: int = 0
     retries_429: int = 0
     ack_ms: list[float] = field(default_factory=list)  # send -> 202, one per accepted push
+    probe_ms: list[float] = field(default_factory=list)  # the probe client's send -> 202
     stats: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -56,6 +57,10 @@ class BackendRun:
     @property
     def ack_ms(self) -> list[float]:
         return [ms for phase in self.phases.values() for ms in phase.ack_ms]
+
+    @property
+    def probe_ms(self) -> list[float]:
+        return [ms for phase in self.phases.values() for ms in phase.probe_ms]
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -264,20 +269,34 @@ def summary_rows(runs: Sequence[BackendRun], baseline: Sequence[float]) -> list[
         mine = [r for r in runs if r.backend == backend]
         if not mine:
             continue
-        p50 = median([percentile(r.ack_ms, 50) for r in mine])
-        p99s = [percentile(r.ack_ms, 99) for r in mine]
+        p50 = median([percentile(r.probe_ms, 50) for r in mine])
+        p99s = [percentile(r.probe_ms, 99) for r in mine]
         p99 = median(p99s)
+        probes = sum(len(r.probe_ms) for r in mine)
+        rows.append(
+            Row(
+                f"acknowledgement latency of a 1 MB push while the {LABELS[backend]} phases run "
+                "(a probe client, one push every 250 ms; p50 / p99)",
+                f"p99 ≤ {ACK_P99_MS:.0f} ms",
+                f"{p50:.1f} / {p99:.1f} ms, {probes} pushes"
+                + fmt_runs(p99s, lambda v: f"p99 {v:.1f}"),
+                "—",
+                verdict(p99 <= ACK_P99_MS if not math.isnan(p99) else None),
+            )
+        )
+        load_p50 = median([percentile(r.ack_ms, 50) for r in mine])
+        load_p99 = median([percentile(r.ack_ms, 99) for r in mine])
         pushes = sum(len(r.ack_ms) for r in mine)
         retries = sum(p.retries_429 for r in mine for p in r.phases.values())
         note = f", {pushes} pushes" + (f", {retries} answered 429 first" if retries else "")
         rows.append(
             Row(
-                f"acknowledgement latency of a 1 MB push during the {LABELS[backend]} phases "
-                "(p50 / p99)",
-                f"p99 ≤ {ACK_P99_MS:.0f} ms",
-                f"{p50:.1f} / {p99:.1f} ms{note}" + fmt_runs(p99s, lambda v: f"p99 {v:.1f}"),
+                f"latency of the loading clients' own pushes, {LABELS[backend]} "
+                "(8 back to back: a saturated queue; p50 / p99)",
+                "— (reported)",
+                f"{load_p50:.1f} / {load_p99:.1f} ms{note}",
                 "—",
-                verdict(p99 <= ACK_P99_MS if not math.isnan(p99) else None),
+                "—",
             )
         )
 

@@ -26,9 +26,7 @@ from pushbase.api import create_app
 from pushbase.settings import Settings
 
 ADMIN_KEY = "test-admin-key"
-PG_URL = os.environ.get(
-    "PUSHBASE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
+PG_URL = os.environ.get("PUSHBASE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = ["duckdb", "postgres"]
 
 

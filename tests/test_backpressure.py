@@ -9,6 +9,7 @@ import time
 import httpx
 import orjson
 import pytest
+
 from serverproc import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -32,7 +33,11 @@ def server(tmp_path):
 def body(push: int) -> bytes:
     return orjson.dumps(
         [
-            {"push": push, "n": n, "text": f"row {n} of push {push}, padded to about a hundred bytes"}
+            {
+                "push": push,
+                "n": n,
+                "text": f"row {n} of push {push}, padded to about a hundred bytes",
+            }
             for n in range(ROWS_PER_PUSH)
         ]
     )

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import pytest
+
 from conftest import create_dataset, push, rows_of
 
 
 def one_column(client, type_, **column):
     create_dataset(
-        client, "t", [{"name": "k", "type": "integer"}, {"name": "v", "type": type_, **column}],
+        client,
+        "t",
+        [{"name": "k", "type": "integer"}, {"name": "v", "type": type_, **column}],
         unique_key=["k"],
-    )  # fmt: skip
+    )
 
 
 def stored(client, values, type_, **column):
@@ -35,9 +38,13 @@ def stored(client, values, type_, **column):
             [True, False, True, False, True, False, True, False, True, False, None],
         ),
         ("date", ["2024-02-29", None], ["2024-02-29", None]),
-        ("json", [{"a": [1, {"b": None}]}, [1, 2], "s", 3, None], [{"a": [1, {"b": None}]}, [1, 2], "s", 3, None]),
+        (
+            "json",
+            [{"a": [1, {"b": None}]}, [1, 2], "s", 3, None],
+            [{"a": [1, {"b": None}]}, [1, 2], "s", 3, None],
+        ),
     ],
-)  # fmt: skip
+)
 def test_accepted_inputs(client, type_, given, expected):
     values, errors = stored(client, given, type_)
     assert errors == {}
@@ -76,20 +83,26 @@ def test_datetime_forms_mixed_in_one_column(client):
     values, errors = stored(client, given, "datetime")
     assert errors == {}
     assert values == [
-        "2024-03-01T00:00:00Z", "2024-03-01T08:11:12Z",
-        "1970-01-01T00:00:00Z", "2024-03-01T10:11:12.123456Z",
-    ]  # fmt: skip
+        "2024-03-01T00:00:00Z",
+        "2024-03-01T08:11:12Z",
+        "1970-01-01T00:00:00Z",
+        "2024-03-01T10:11:12.123456Z",
+    ]
 
 
 @pytest.mark.parametrize(
     ("column", "given", "expected"),
     [
-        ({"type": "datetime", "format": "%d/%m/%Y %H:%M"}, "31/01/2024 13:45", "2024-01-31T13:45:00Z"),
+        (
+            {"type": "datetime", "format": "%d/%m/%Y %H:%M"},
+            "31/01/2024 13:45",
+            "2024-01-31T13:45:00Z",
+        ),
         ({"type": "datetime", "format": "epoch_s"}, 1700000000, "2023-11-14T22:13:20Z"),
         ({"type": "datetime", "format": "epoch_ms"}, 1700000000123, "2023-11-14T22:13:20.123000Z"),
         ({"type": "date", "format": "%d.%m.%Y"}, "29.02.2024", "2024-02-29"),
     ],
-)  # fmt: skip
+)
 def test_column_format(client, column, given, expected):
     column = dict(column)
     type_ = column.pop("type")
@@ -144,13 +157,25 @@ def test_bad_values_fail_their_row_and_say_why(client, type_, bad, code):
 
 def test_row_errors_report_index_column_code_message_and_value(client):
     create_dataset(
-        client, "t",
-        [{"name": "k", "type": "integer"}, {"name": "n", "type": "integer"}, {"name": "d", "type": "date"}],
+        client,
+        "t",
+        [
+            {"name": "k", "type": "integer"},
+            {"name": "n", "type": "integer"},
+            {"name": "d", "type": "date"},
+        ],
         unique_key=["k"],
-    )  # fmt: skip
-    job = push(client, "t", [
-        {"k": 1, "n": 1}, {"k": 2, "n": "x", "d": "nope"}, {"k": 3}, {"n": 5},
-    ])  # fmt: skip
+    )
+    job = push(
+        client,
+        "t",
+        [
+            {"k": 1, "n": 1},
+            {"k": 2, "n": "x", "d": "nope"},
+            {"k": 3},
+            {"n": 5},
+        ],
+    )
     assert job["stats"]["received"] == 4
     assert job["stats"]["inserted"] == 2
     assert job["stats"]["failed"] == 2
@@ -173,9 +198,11 @@ def test_only_the_first_hundred_errors_are_kept(client):
 
 def test_non_nullable_columns_reject_null(client):
     create_dataset(
-        client, "t", [{"name": "k", "type": "integer"}, {"name": "v", "nullable": False}],
+        client,
+        "t",
+        [{"name": "k", "type": "integer"}, {"name": "v", "nullable": False}],
         unique_key=["k"],
-    )  # fmt: skip
+    )
     job = push(client, "t", [{"k": 1, "v": None}, {"k": 2, "v": "ok"}], "insert")
     assert [(e["row"], e["code"]) for e in job["errors"]] == [(0, "null_not_allowed")]
     job = push(client, "t", [{"k": 3}], "insert")
@@ -209,20 +236,39 @@ def test_unknown_fields_ignored_are_counted(client):
 
 
 def test_unknown_fields_evolve_the_schema(client):
-    create_dataset(client, "t", [{"name": "k", "type": "integer"}], unknown_fields="evolve",
-                   unique_key=["k"])  # fmt: skip
-    job = push(client, "t", [
-        {"k": 1, "score": 1.5, "when": "2024-01-01T00:00:00Z", "addr": {"city": "Oslo"}, "tags": [1]},
-        {"k": 2, "score": 2},
-    ])  # fmt: skip
+    create_dataset(
+        client, "t", [{"name": "k", "type": "integer"}], unknown_fields="evolve", unique_key=["k"]
+    )
+    job = push(
+        client,
+        "t",
+        [
+            {
+                "k": 1,
+                "score": 1.5,
+                "when": "2024-01-01T00:00:00Z",
+                "addr": {"city": "Oslo"},
+                "tags": [1],
+            },
+            {"k": 2, "score": 2},
+        ],
+    )
     assert job["stats"]["inserted"] == 2 and job["stats"]["failed"] == 0, job
     columns = {c["name"]: c["type"] for c in client.get("/v1/datasets/t").json()["columns"]}
     assert columns == {
-        "k": "integer", "score": "number", "when": "datetime", "addr.city": "string", "tags": "json",
-    }  # fmt: skip
+        "k": "integer",
+        "score": "number",
+        "when": "datetime",
+        "addr.city": "string",
+        "tags": "json",
+    }
     assert rows_of(client, "t")[0] == {
-        "k": 1, "score": 1.5, "when": "2024-01-01T00:00:00Z", "addr.city": "Oslo", "tags": [1],
-    }  # fmt: skip
+        "k": 1,
+        "score": 1.5,
+        "when": "2024-01-01T00:00:00Z",
+        "addr.city": "Oslo",
+        "tags": [1],
+    }
 
 
 def test_a_json_column_takes_nested_objects_whole(client):

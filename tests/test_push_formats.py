@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from conftest import create_dataset, push, rows_of
 
 EXPECTED = [
@@ -70,8 +71,13 @@ def test_csv_quoting_follows_rfc_4180(client):
     job = push(client, "notes", body, content_type="text/csv")
     assert job["stats"]["inserted"] == 6, job
     assert [r["text"] for r in rows_of(client, "notes", order_by="id")] == [
-        "a, b", 'she said "hi"', "two\nlines", "", None, "semi;colon",
-    ]  # fmt: skip
+        "a, b",
+        'she said "hi"',
+        "two\nlines",
+        "",
+        None,
+        "semi;colon",
+    ]
 
 
 def test_csv_header_with_quoted_names_and_utf8(client):
@@ -84,9 +90,14 @@ def test_csv_header_with_quoted_names_and_utf8(client):
 
 def test_csv_values_are_coerced_from_text(client):
     create_dataset(
-        client, "t",
-        [{"name": "n", "type": "integer"}, {"name": "b", "type": "boolean"}, {"name": "d", "type": "date"}],
-    )  # fmt: skip
+        client,
+        "t",
+        [
+            {"name": "n", "type": "integer"},
+            {"name": "b", "type": "boolean"},
+            {"name": "d", "type": "date"},
+        ],
+    )
     job = push(
         client, "t", b"n,b,d\n1,yes,2024-01-01\nx,maybe,2024-13-01\n", content_type="text/csv"
     )

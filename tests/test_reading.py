@@ -8,6 +8,7 @@ import io
 import orjson
 import pyarrow.parquet as pq
 import pytest
+
 from conftest import create_dataset, push, rows_of
 
 COLUMNS = [

@@ -17,6 +17,7 @@ import time
 
 import httpx
 import pytest
+
 from conftest import PG_URL, drop_schema, postgres_or_skip
 from serverproc import ApiOnlyProcess, ServerProcess, WorkerProcess
 
@@ -32,8 +33,11 @@ ROWS_PER_JOB = 50
 def cluster(tmp_path):
     postgres_or_skip()
     schema = f"pbt_{secrets.token_hex(6)}"
-    env = {"PUSHBASE_DATABASE_URL": PG_URL, "PUSHBASE_DATABASE_SCHEMA": schema,
-           "PUSHBASE_WORKERS": "2"}  # fmt: skip
+    env = {
+        "PUSHBASE_DATABASE_URL": PG_URL,
+        "PUSHBASE_DATABASE_SCHEMA": schema,
+        "PUSHBASE_WORKERS": "2",
+    }
     processes = [
         ApiOnlyProcess(tmp_path / "api1", env=env),
         ServerProcess(tmp_path / "api2", env=env),
@@ -53,12 +57,19 @@ def test_two_api_processes_and_a_killed_worker_lose_and_double_nothing(cluster):
     api1, api2, worker = cluster
     with api1.client() as admin:
         for name in DATASETS:
-            response = admin.post("/v1/datasets", json={
-                "id": name,
-                "columns": [{"name": "client", "type": "integer"}, {"name": "slot", "type": "integer"},
-                            {"name": "seq", "type": "integer"}, {"name": "note"}],
-                "unique_key": ["client", "slot"],
-            })  # fmt: skip
+            response = admin.post(
+                "/v1/datasets",
+                json={
+                    "id": name,
+                    "columns": [
+                        {"name": "client", "type": "integer"},
+                        {"name": "slot", "type": "integer"},
+                        {"name": "seq", "type": "integer"},
+                        {"name": "note"},
+                    ],
+                    "unique_key": ["client", "slot"],
+                },
+            )
             assert response.status_code == 201, response.text
 
     acknowledged: list[tuple[int, str, int, str]] = []  # (client, dataset, seq, job id)
@@ -70,8 +81,10 @@ def test_two_api_processes_and_a_killed_worker_lose_and_double_nothing(cluster):
         with httpx.Client(base_url=api.url, headers=api.headers(), timeout=30) as http:
             for seq in range(JOBS // CLIENTS):
                 dataset = DATASETS[(number + seq) % len(DATASETS)]
-                rows = [{"client": number, "slot": slot, "seq": seq, "note": f"c{number}s{seq}"}
-                        for slot in range(ROWS_PER_JOB)]  # fmt: skip
+                rows = [
+                    {"client": number, "slot": slot, "seq": seq, "note": f"c{number}s{seq}"}
+                    for slot in range(ROWS_PER_JOB)
+                ]
                 response = http.post(f"/v1/datasets/{dataset}/records", json=rows)
                 assert response.status_code == 202, response.text
                 with lock:
@@ -122,3 +135,65 @@ def test_two_api_processes_and_a_killed_worker_lose_and_double_nothing(cluster):
             for row in rows["rows"]:
                 assert row["seq"] == last_seq[(dataset, row["client"])], row
                 assert row["note"] == f"c{row['client']}s{row['seq']}"
+
+
+def test_a_worker_killed_while_holding_jobs_leaves_them_to_another_in_order(tmp_path):
+    """The killed worker holds a group of jobs; more are queued behind it. The next worker
+    must finish the held jobs before the later ones, each applied once."""
+    postgres_or_skip()
+    schema = f"pbt_{secrets.token_hex(6)}"
+    env = {"PUSHBASE_DATABASE_URL": PG_URL, "PUSHBASE_DATABASE_SCHEMA": schema}
+    api = ApiOnlyProcess(tmp_path / "api", env=env)
+    first = WorkerProcess(tmp_path / "w1", env={**env, "PUSHBASE_WORKERS": "1"})
+    second = WorkerProcess(tmp_path / "w2", env={**env, "PUSHBASE_WORKERS": "1"})
+    keys = 5000
+
+    def push(http, seq):
+        response = http.post(
+            "/v1/datasets/t/records", json=[{"k": k, "seq": seq} for k in range(keys)]
+        )
+        assert response.status_code == 202
+        return response.json()["job_id"]
+
+    try:
+        api.start()
+        with api.client() as http:
+            http.post(
+                "/v1/datasets",
+                json={
+                    "id": "t",
+                    "unique_key": ["k"],
+                    "columns": [
+                        {"name": "k", "type": "integer"},
+                        {"name": "seq", "type": "integer"},
+                    ],
+                },
+            ).raise_for_status()
+            ids = [push(http, seq) for seq in range(30)]
+            first.start()  # finds a backlog: takes a group of jobs at once
+            deadline = time.monotonic() + 30
+            while http.get(f"/v1/jobs/{ids[0]}").json()["status"] == "queued":
+                assert time.monotonic() < deadline, "the first worker never took a job"
+            ids += [push(http, seq) for seq in range(30, 36)]  # queued behind the held group
+            first.kill()
+            assert http.get(f"/v1/jobs/{ids[-1]}").json()["status"] == "queued"
+            second.start()
+            jobs = []
+            for job_id in ids:
+                while (job := http.get(f"/v1/jobs/{job_id}").json())["status"] in (
+                    "queued",
+                    "running",
+                ):
+                    assert time.monotonic() < deadline + 60
+                    time.sleep(0.05)
+                jobs.append(job)
+            assert [j["status"] for j in jobs] == ["succeeded"] * 36
+            assert (jobs[0]["stats"]["inserted"], jobs[0]["stats"]["updated"]) == (keys, 0)
+            assert all(j["stats"]["updated"] == keys for j in jobs[1:])
+            rows = http.get("/v1/datasets/t/records", params={"limit": 10000}).json()
+            assert rows["total"] == keys
+            assert {r["seq"] for r in rows["rows"]} == {35}
+    finally:
+        for process in (api, first, second):
+            process.kill()
+        drop_schema(schema)

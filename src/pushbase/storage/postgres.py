@@ -441,9 +441,11 @@ class PostgresStore(Store):
             # Not the head (a cancel holds it right now): leave the dataset for later.
             if head is not None and head[1]:
                 first = Job.model_validate_json(head[0])
+                # Pending, not only queued: a dead worker's group left several jobs running.
                 following = conn.execute(
-                    "SELECT doc FROM _pb_jobs WHERE dataset_id = %s AND status = 'queued'"
-                    " AND seq > %s ORDER BY seq LIMIT %s FOR UPDATE",
+                    "SELECT doc FROM _pb_jobs WHERE dataset_id = %s"
+                    " AND status IN ('queued', 'running') AND seq > %s"
+                    " ORDER BY seq LIMIT %s FOR UPDATE",
                     [dataset_id, first.seq, MAX_GROUP_JOBS - 1],
                 ).fetchall()
                 candidates = [first, *(Job.model_validate_json(r[0]) for r in following)]
