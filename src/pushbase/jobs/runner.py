@@ -13,10 +13,11 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from pushbase.decode import DecodeOptions, decode_payload, format_for, is_gzip
+from pushbase.decode import DecodedBatch, DecodeOptions, decode_payload, format_for, is_gzip
 from pushbase.errors import PushbaseError
-from pushbase.jobs.model import ATOMIC_ERROR, Job, JobError, JobPhase, JobStatus
-from pushbase.schema import UnknownFields, WriteMethod
+from pushbase.jobs.ahead import DecodeAhead
+from pushbase.jobs.model import ATOMIC_ERROR, MAX_GROUP_JOBS, Job, JobError, JobPhase, JobStatus
+from pushbase.schema import Dataset, UnknownFields, WriteMethod
 from pushbase.settings import Settings
 from pushbase.storage import Store, Work
 
@@ -39,12 +40,15 @@ class JobRunner:
         self._finished: dict[str, threading.Event] = {}
         self._finished_lock = threading.Lock()
         self._last_purge = 0.0
+        self._ahead = DecodeAhead(store, self._decode, settings.group_max_bytes, MAX_GROUP_JOBS)
 
     # life cycle -------------------------------------------------------
     def start(self, workers: int) -> None:
         recovered = self.store.recover()
         if recovered:
             log.info("requeued %d jobs left running by a previous process", recovered)
+        if workers:
+            self._ahead.start()
         for number in range(workers):
             thread = threading.Thread(
                 target=self._loop, name=f"pushbase-worker-{number}", daemon=True
@@ -54,6 +58,7 @@ class JobRunner:
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stopping.set()
+        self._ahead.stop()
         self.notify()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
@@ -167,15 +172,7 @@ class JobRunner:
                     works.append(Work(job, None))
                     continue
                 try:
-                    batch = decode_payload(
-                        self.store.read_payload(job),
-                        format_for(job.content_type),
-                        is_gzip(job.content_encoding),
-                        dataset,
-                        job.method,
-                        self.settings.max_inflated_bytes,
-                        DecodeOptions.model_validate(job.options),
-                    )
+                    batch = self._ahead.take(job, dataset) or self._decode(job, dataset)
                 except PushbaseError as exc:
                     done.append(self._fail(job, "invalid_payload", exc.message))
                     continue
@@ -188,11 +185,24 @@ class JobRunner:
             for work in works:
                 self.store.set_phase(work.job.id, JobPhase.writing, 50)
                 work.job.phase = JobPhase.writing
+            if dataset.unknown_fields is not UnknownFields.evolve:  # evolve: schema may change
+                self._ahead.request(dataset, group[-1].seq)
             return [*done, *self.store.apply(dataset, works)]
         except Exception as exc:  # a bug or a store failure: the jobs fail, the worker lives
             log.exception("jobs %s failed", [j.id for j in group])
             message = f"{type(exc).__name__}: {exc}"
             return [self._fail(j, "internal_error", message) for j in group if not self._ended(j)]
+
+    def _decode(self, job: Job, dataset: Dataset) -> DecodedBatch:
+        return decode_payload(
+            self.store.read_payload(job),
+            format_for(job.content_type),
+            is_gzip(job.content_encoding),
+            dataset,
+            job.method,
+            self.settings.max_inflated_bytes,
+            DecodeOptions.model_validate(job.options),
+        )
 
     def _ended(self, job: Job) -> bool:
         current = self.store.get_job(job.id)

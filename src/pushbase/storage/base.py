@@ -118,6 +118,10 @@ class Store(ABC):
         mark them running. Empty when there is nothing to do."""
 
     @abstractmethod
+    def queued_after(self, dataset_id: str, after_seq: int, limit: int) -> list[Job]:
+        """Queued jobs of a dataset after `after_seq`, oldest first; claims nothing."""
+
+    @abstractmethod
     def release(self, job_id: str) -> None:
         """The runner is done with a claimed job (finished or not): free what the claim holds."""
 

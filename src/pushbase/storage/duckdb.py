@@ -423,6 +423,15 @@ class DuckDBStore(Store):
                 [_naive(before)],
             ).fetchone()[0]
 
+    def queued_after(self, dataset_id: str, after_seq: int, limit: int) -> list[Job]:
+        with self._cursor() as cur:
+            rows = cur.execute(
+                "SELECT doc FROM _pb_jobs WHERE dataset_id = ? AND status = 'queued'"
+                " AND seq > ? ORDER BY seq LIMIT ?",
+                [dataset_id, after_seq, limit],
+            ).fetchall()
+        return [Job.model_validate_json(r[0]) for r in rows]
+
     def release(self, job_id: str) -> None:
         pass  # one process: the runner's own bookkeeping orders the jobs
 

@@ -457,6 +457,15 @@ class PostgresStore(Store):
         conn.execute("SELECT pg_advisory_unlock(%s)", [lock])
         return []
 
+    def queued_after(self, dataset_id: str, after_seq: int, limit: int) -> list[Job]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT doc FROM _pb_jobs WHERE dataset_id = %s AND status = 'queued'"
+                " AND seq > %s ORDER BY seq LIMIT %s",
+                [dataset_id, after_seq, limit],
+            ).fetchall()
+        return [Job.model_validate_json(r[0]) for r in rows]
+
     def release(self, job_id: str) -> None:
         """Give the claim's connection (and its dataset lock) back once no job holds it."""
         with self._claims_lock:

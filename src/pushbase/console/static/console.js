@@ -234,8 +234,8 @@
         ["read", "Read rows", c.read],
       ],
       cli: [
-        ["setup", "Install the package and point it at this server",
-          `pip install pushbase\nexport PUSHBASE_URL=${base}\nexport PUSHBASE_API_KEY=pb_...  # your key`],
+        ["setup", "Point the pushbase command (installed with this server's package) at this server",
+          `export PUSHBASE_URL=${base}\nexport PUSHBASE_API_KEY=pb_...  # your key`],
         ["push", "Push a file (CSV, JSON, NDJSON or Parquet; batched, parallel, retried safely)",
           `pushbase push ${id} rows.csv`],
         hasKey && ["delete", "Delete the rows whose keys are in a file",
