@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
+import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +30,12 @@ from pushbase.jobs.model import (
 from pushbase.schema import Column, ColumnType, Dataset
 from pushbase.settings import Settings
 from pushbase.storage.base import GroupRule, RowQuery, Store
+from pushbase.storage.inbox import Inbox
 from pushbase.storage.spool import Spool
 from pushbase.storage.sql import quote, table_name
 from pushbase.storage.writer import AtomicViolation, SqlWriter, Work, settle
+
+log = logging.getLogger("pushbase.store")
 
 SQL_TYPES = {
     ColumnType.string: "VARCHAR",
@@ -66,11 +71,23 @@ def _naive(stamp: datetime) -> datetime:
 
 
 class DuckDBStore(Store):
+    """One process owns the file, so the catalog (datasets, keys) is also kept in memory
+    and the request path never waits for DuckDB: see `inbox.py` for accepted jobs."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.spool = Spool(settings.spool_dir)
+        self.inbox = Inbox(self.spool)
         self._db: duckdb.DuckDBPyConnection | None = None
         self._jobs_lock = threading.Lock()  # job state transitions: enqueue, claim, cancel
+        self._register_lock = threading.Lock()
+        self._datasets: dict[str, Dataset] = {}
+        self._keys: dict[str, ApiKey] = {}  # by hash
+        self._phases: dict[str, tuple[JobPhase, int]] = {}  # running jobs' progress
+        self._seq = 0
+        self._registrar = threading.Thread(target=self._registrar_loop, daemon=True)
+        self._wake_registrar = threading.Event()
+        self._closing = threading.Event()
 
     # life cycle -------------------------------------------------------
     def open(self) -> None:
@@ -89,10 +106,42 @@ class DuckDBStore(Store):
                     cur.execute(statement)
                 cur.execute("INSERT INTO _pb_version VALUES (?)", [version])
                 cur.execute("COMMIT")
+            for (doc,) in cur.execute("SELECT doc FROM _pb_datasets").fetchall():
+                dataset = Dataset.model_validate_json(doc)
+                self._datasets[dataset.id] = dataset
+            for doc, key_hash in cur.execute(
+                "SELECT doc, key_hash FROM _pb_keys WHERE NOT revoked"
+            ).fetchall():
+                key = ApiKey.model_validate_json(doc)
+                key.key_hash = key_hash
+                self._keys[key_hash] = key
+            recorded = {r[0] for r in cur.execute("SELECT id FROM _pb_jobs").fetchall()}
+            self._seq = cur.execute("SELECT coalesce(max(seq), 0) FROM _pb_jobs").fetchone()[0]
+            window = datetime.now(UTC) - timedelta(seconds=self.settings.idempotency_window_seconds)
+            for (doc,) in cur.execute(
+                "SELECT doc FROM _pb_jobs WHERE idempotency_key IS NOT NULL AND created_at >= ?"
+                " ORDER BY seq",
+                [_naive(window)],
+            ).fetchall():
+                self.inbox.remember(Job.model_validate_json(doc))
+            self.inbox.waiting_bytes = cur.execute(
+                "SELECT coalesce(sum(bytes), 0) FROM _pb_jobs WHERE status IN ('queued', 'running')"
+            ).fetchone()[0]
+        for job in self.inbox.recover(recorded):  # accepted, then a crash before recording
+            self._seq = max(self._seq, job.seq)
+            self.inbox.remember(job)
+            self.inbox.waiting_bytes += job.bytes
+        self._register()
         self._drop_orphan_payloads()
+        self._registrar.start()
 
     def close(self) -> None:
+        self._closing.set()
+        self._wake_registrar.set()
+        if self._registrar.is_alive():
+            self._registrar.join(10)
         if self._db is not None:
+            self._register()
             self._db.close()
             self._db = None
 
@@ -141,6 +190,7 @@ class DuckDBStore(Store):
                     "INSERT INTO _pb_datasets VALUES (?, ?)",
                     [dataset.id, self._dataset_doc(dataset)],
                 )
+            self._datasets[dataset.id] = dataset.model_copy(deep=True)
         except duckdb.ConstraintException as exc:
             raise PushbaseError(
                 "dataset_exists", f"dataset {dataset.id!r} already exists", 409
@@ -155,14 +205,11 @@ class DuckDBStore(Store):
         return dataset.model_dump_json(exclude={"row_count"})
 
     def get_dataset(self, dataset_id: str) -> Dataset | None:
-        with self._cursor() as cur:
-            row = cur.execute("SELECT doc FROM _pb_datasets WHERE id = ?", [dataset_id]).fetchone()
-        return Dataset.model_validate_json(row[0]) if row else None
+        dataset = self._datasets.get(dataset_id)
+        return dataset.model_copy(deep=True) if dataset else None  # callers may change theirs
 
     def list_datasets(self) -> list[Dataset]:
-        with self._cursor() as cur:
-            rows = cur.execute("SELECT doc FROM _pb_datasets ORDER BY id").fetchall()
-        return [Dataset.model_validate_json(r[0]) for r in rows]
+        return [self._datasets[i].model_copy(deep=True) for i in sorted(self._datasets)]
 
     def update_dataset(self, dataset: Dataset, add_columns: list[Column]) -> None:
         with self._transaction() as cur:
@@ -180,12 +227,14 @@ class DuckDBStore(Store):
         cur.execute(
             "UPDATE _pb_datasets SET doc = ? WHERE id = ?", [self._dataset_doc(dataset), dataset.id]
         )
+        self._datasets[dataset.id] = dataset.model_copy(deep=True)
 
     def drop_dataset(self, dataset_id: str) -> bool:
         with self._transaction() as cur:
             found = cur.execute("DELETE FROM _pb_datasets WHERE id = ?", [dataset_id]).fetchone()[0]
             if found:
                 cur.execute(f"DROP TABLE IF EXISTS {table_name(dataset_id)}")
+        self._datasets.pop(dataset_id, None)
         return bool(found)
 
     def row_count(self, dataset_id: str) -> int:
@@ -234,30 +283,23 @@ class DuckDBStore(Store):
                 "INSERT INTO _pb_keys (id, key_hash, doc) VALUES (?, ?, ?)",
                 [key.id, key.key_hash, key.model_dump_json()],
             )
+        self._keys[key.key_hash] = key.model_copy()
 
     def find_key(self, key_hash: str) -> ApiKey | None:
-        with self._cursor() as cur:
-            row = cur.execute(
-                "SELECT doc, key_hash FROM _pb_keys WHERE key_hash = ? AND NOT revoked", [key_hash]
-            ).fetchone()
-        if not row:
-            return None
-        key = ApiKey.model_validate_json(row[0])
-        key.key_hash = row[1]
-        return key
+        key = self._keys.get(key_hash)
+        return key.model_copy() if key else None
 
     def list_keys(self) -> list[ApiKey]:
-        with self._cursor() as cur:
-            rows = cur.execute("SELECT doc FROM _pb_keys WHERE NOT revoked ORDER BY id").fetchall()
-        return [ApiKey.model_validate_json(r[0]) for r in rows]
+        return sorted((k.model_copy() for k in self._keys.values()), key=lambda k: k.id)
 
     def revoke_key(self, key_id: str) -> bool:
         with self._cursor() as cur:
-            return bool(
-                cur.execute(
-                    "UPDATE _pb_keys SET revoked = true WHERE id = ? AND NOT revoked", [key_id]
-                ).fetchone()[0]
-            )
+            found = cur.execute(
+                "UPDATE _pb_keys SET revoked = true WHERE id = ? AND NOT revoked", [key_id]
+            ).fetchone()[0]
+        for key_hash in [h for h, k in self._keys.items() if k.id == key_id]:
+            del self._keys[key_hash]
+        return bool(found)
 
     # jobs -------------------------------------------------------------
     def incoming_path(self) -> Path:
@@ -266,51 +308,53 @@ class DuckDBStore(Store):
     def enqueue(self, job: Job, payload: Path | None, window_start: datetime) -> Job:
         with self._jobs_lock:
             if job.idempotency_key is not None:
-                first = self._idempotent_match(job, window_start)
+                first = self.inbox.first_with_key(job, window_start)
                 if first is not None:
                     if payload is not None:
                         payload.unlink(missing_ok=True)
-                    return first
-            if payload is not None:
-                self.spool.keep(payload, job.id)
-            try:
-                with self._cursor() as cur:
-                    job.seq = cur.execute("SELECT nextval('_pb_job_seq')").fetchone()[0]
-                    cur.execute(
-                        "INSERT INTO _pb_jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [
-                            job.id, job.seq, job.dataset_id, job.status.value, job.idempotency_key,
-                            _naive(job.created_at), job.bytes, job.model_dump_json(),
-                        ],
-                    )  # fmt: skip
-            except BaseException:
-                self.spool.discard(job.id)
-                raise
+                    return self.get_job(first.id) or first
+            self._seq += 1
+            job.seq = self._seq
+            self.inbox.accept(job, payload)
+        self._wake_registrar.set()
         return job
 
-    def _idempotent_match(self, job: Job, window_start: datetime) -> Job | None:
-        with self._cursor() as cur:
-            row = cur.execute(
-                "SELECT doc FROM _pb_jobs WHERE dataset_id = ? AND idempotency_key = ?"
-                " AND created_at >= ? ORDER BY seq LIMIT 1",
-                [job.dataset_id, job.idempotency_key, _naive(window_start)],
-            ).fetchone()
-        if not row:
-            return None
-        first = Job.model_validate_json(row[0])
-        if first.payload_hash != job.payload_hash:
-            raise PushbaseError(
-                "idempotency_conflict",
-                "this Idempotency-Key was used with a different payload",
-                409,
-                {"job_id": first.id},
-            )
-        return first
+    def _register(self) -> None:
+        """Record accepted jobs in the catalog, in acceptance order, in one transaction."""
+        with self._register_lock:
+            jobs = self.inbox.pending()
+            if not jobs or self._db is None:
+                return
+            with self._transaction() as cur:
+                cur.executemany(
+                    "INSERT INTO _pb_jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [
+                        [j.id, j.seq, j.dataset_id, j.status.value, j.idempotency_key,
+                         _naive(j.created_at), j.bytes, j.model_dump_json()]
+                        for j in jobs
+                    ],
+                )  # fmt: skip
+            self.inbox.registered(jobs)
+
+    def _registrar_loop(self) -> None:
+        while not self._closing.is_set():
+            self._wake_registrar.wait(1.0)
+            self._wake_registrar.clear()
+            try:
+                self._register()
+            except Exception:
+                log.exception("recording accepted jobs failed; retrying")
+                time.sleep(0.5)
 
     def get_job(self, job_id: str) -> Job | None:
-        with self._cursor() as cur:
-            row = cur.execute("SELECT doc FROM _pb_jobs WHERE id = ?", [job_id]).fetchone()
-        return Job.model_validate_json(row[0]) if row else None
+        job = self.inbox.get(job_id)
+        if job is None:
+            with self._cursor() as cur:
+                row = cur.execute("SELECT doc FROM _pb_jobs WHERE id = ?", [job_id]).fetchone()
+            job = Job.model_validate_json(row[0]) if row else None
+        if job is not None and job.status is JobStatus.running and job.id in self._phases:
+            job.phase, job.progress = self._phases[job.id]
+        return job
 
     def list_jobs(
         self,
@@ -319,6 +363,7 @@ class DuckDBStore(Store):
         limit: int,
         datasets: list[str] | None,
     ) -> list[Job]:
+        self._register()
         clauses, params = [], []
         if dataset_id is not None:
             clauses.append("dataset_id = ?")
@@ -337,6 +382,7 @@ class DuckDBStore(Store):
         return [Job.model_validate_json(r[0]) for r in rows]
 
     def claim_jobs(self, busy_datasets: set[str], joins: GroupRule) -> list[Job]:
+        self._register()
         with self._jobs_lock, self._cursor() as cur:
             head = cur.execute(
                 "SELECT dataset_id FROM _pb_jobs WHERE status = 'queued'"
@@ -370,14 +416,12 @@ class DuckDBStore(Store):
             raise PushbaseError("payload_missing", "the job's payload is gone", 500) from exc
 
     def set_phase(self, job_id: str, phase: JobPhase, progress: int) -> None:
-        job = self.get_job(job_id)
-        if job is None:
-            return
-        job.phase, job.progress = phase, progress
-        with self._cursor() as cur:
-            self._save_job(cur, job)
+        # Kept in memory: a running job belongs to this process, and after a crash it
+        # starts again from `queued` anyway.
+        self._phases[job_id] = (phase, progress)
 
     def cancel_job(self, job_id: str) -> Job | None:
+        self._register()
         with self._jobs_lock:
             job = self.get_job(job_id)
             if job is None or job.status is not JobStatus.queued:
@@ -386,8 +430,14 @@ class DuckDBStore(Store):
             job.finished_at = datetime.now(UTC)
             with self._cursor() as cur:
                 self._save_job(cur, job)
-        self.spool.discard(job_id)
+        self._ended(job)
         return job
+
+    def _ended(self, job: Job) -> None:
+        """A job is finished (any way): its payload and in-memory traces go."""
+        self.spool.discard(job.id)
+        self._phases.pop(job.id, None)
+        self.inbox.finished(job)
 
     def fail_job(self, job: Job, error: JobError, errors: list[RowError] | None = None) -> Job:
         job.status, job.phase, job.error = JobStatus.failed, None, error
@@ -398,7 +448,7 @@ class DuckDBStore(Store):
             job.stats.failed = len({e.row for e in errors})
         with self._cursor() as cur:
             self._save_job(cur, job)
-        self.spool.discard(job.id)
+        self._ended(job)
         return job
 
     def recover(self) -> int:
@@ -416,6 +466,9 @@ class DuckDBStore(Store):
         return len(rows)
 
     def purge(self, before: datetime) -> int:
+        self.inbox.forget_before(
+            datetime.now(UTC) - timedelta(seconds=self.settings.idempotency_window_seconds)
+        )
         with self._cursor() as cur:
             return cur.execute(
                 "DELETE FROM _pb_jobs WHERE status IN ('succeeded', 'failed', 'cancelled')"
@@ -436,13 +489,10 @@ class DuckDBStore(Store):
         pass  # one process: the runner's own bookkeeping orders the jobs
 
     def pending_bytes(self) -> int:
-        with self._cursor() as cur:
-            return cur.execute(
-                "SELECT coalesce(sum(bytes), 0) FROM _pb_jobs WHERE status IN ('queued', 'running')"
-            ).fetchone()[0]
+        return self.inbox.waiting_bytes
 
     def _drop_orphan_payloads(self) -> None:
-        """Payload files whose job is finished or was never committed."""
+        """Payload files whose job is finished or was never accepted."""
         with self._cursor() as cur:
             live = {
                 r[0]
@@ -469,7 +519,7 @@ class DuckDBStore(Store):
         except AtomicViolation as violation:
             return [self.fail_job(violation.job, ATOMIC_ERROR, violation.errors)]
         for job in jobs:
-            self.spool.discard(job.id)
+            self._ended(job)
         return jobs
 
 

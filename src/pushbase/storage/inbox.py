@@ -1,0 +1,109 @@
+"""Accepted jobs that the embedded catalog has not recorded yet.
+
+An acknowledgement must not wait for DuckDB: a large write holds its commit and
+checkpoint locks for long stretches. So the embedded store accepts a job by
+making two files durable in the spool — the payload and `<job>.job`, the job
+document — and records the job in its catalog a moment later (`registered`).
+After a crash, `.job` files that the catalog lacks are recorded on start. In
+memory it keeps what the request path asks: the pending jobs themselves, the
+idempotency keys of the last 24 hours, and the bytes waiting to be applied.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from datetime import datetime
+from pathlib import Path
+
+from pushbase.errors import PushbaseError
+from pushbase.jobs.model import Job
+from pushbase.storage.spool import Spool, fsync_dir
+
+JOB_SUFFIX = ".job"
+
+
+class Inbox:
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self._pending: dict[str, Job] = {}
+        self._idempotency: dict[tuple[str, str], Job] = {}  # (dataset, key) → first job
+        self._lock = threading.Lock()
+        self.waiting_bytes = 0  # payload bytes of jobs not finished
+
+    def _job_file(self, job_id: str) -> Path:
+        return self.spool.root / f"{job_id}{JOB_SUFFIX}"
+
+    def recover(self, recorded: set[str]) -> list[Job]:
+        """Jobs accepted before a crash whose catalog rows are missing, oldest first."""
+        jobs = []
+        for path in self.spool.root.glob(f"*{JOB_SUFFIX}"):
+            job = Job.model_validate_json(path.read_bytes())
+            if job.id in recorded:
+                path.unlink(missing_ok=True)
+            else:
+                jobs.append(job)
+                self._pending[job.id] = job
+        return sorted(jobs, key=lambda j: j.seq)
+
+    def remember(self, job: Job) -> None:
+        """Index a job's idempotency key (on start, for jobs of the last window)."""
+        if job.idempotency_key is not None:
+            self._idempotency.setdefault((job.dataset_id, job.idempotency_key), job)
+
+    def first_with_key(self, job: Job, window_start: datetime) -> Job | None:
+        """The job first accepted with this job's idempotency key, or a 409 on another payload."""
+        assert job.idempotency_key is not None
+        first = self._idempotency.get((job.dataset_id, job.idempotency_key))
+        if first is None or first.created_at < window_start:
+            return None
+        if first.payload_hash != job.payload_hash:
+            raise PushbaseError(
+                "idempotency_conflict",
+                "this Idempotency-Key was used with a different payload",
+                409,
+                {"job_id": first.id},
+            )
+        return first
+
+    def accept(self, job: Job, payload: Path | None) -> None:
+        """Make the job durable: payload and job document fsync'd, then both names."""
+        if payload is not None:
+            payload.replace(self.spool.path_for(job.id))
+        path = self._job_file(job.id)
+        with open(path, "wb") as out:
+            out.write(job.model_dump_json().encode())
+            out.flush()
+            os.fsync(out.fileno())
+        fsync_dir(self.spool.root)
+        with self._lock:
+            self._pending[job.id] = job
+            if job.idempotency_key is not None:
+                self._idempotency[(job.dataset_id, job.idempotency_key)] = job
+            self.waiting_bytes += job.bytes
+
+    def pending(self) -> list[Job]:
+        with self._lock:
+            return sorted(self._pending.values(), key=lambda j: j.seq)
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            job = self._pending.get(job_id)
+        return job.model_copy(deep=True) if job else None
+
+    def registered(self, jobs: list[Job]) -> None:
+        """The catalog has these jobs now: forget the files."""
+        with self._lock:
+            for job in jobs:
+                self._pending.pop(job.id, None)
+        for job in jobs:
+            self._job_file(job.id).unlink(missing_ok=True)
+
+    def finished(self, job: Job) -> None:
+        with self._lock:
+            self.waiting_bytes = max(0, self.waiting_bytes - job.bytes)
+
+    def forget_before(self, cutoff: datetime) -> None:
+        with self._lock:
+            for key in [k for k, j in self._idempotency.items() if j.created_at < cutoff]:
+                del self._idempotency[key]
