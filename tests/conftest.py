@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip as gzip_module
 import os
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -151,3 +152,14 @@ def rows_of(client: TestClient, dataset_id: str, **params: Any) -> list[dict]:
     response = client.get(f"/v1/datasets/{dataset_id}/records", params={"limit": 10000, **params})
     assert response.status_code == 200, response.text
     return response.json()["rows"]
+
+
+def finished_job(client: TestClient, job_id: str, timeout: float = 30) -> dict:
+    """Poll a job until it has ended; its document."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} did not finish within {timeout}s")

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import copy
 import re
-import time
 from typing import Any
 
 import pytest
 
-from conftest import ADMIN_KEY, create_dataset, push, rows_of
+from conftest import ADMIN_KEY, create_dataset, finished_job, push, rows_of
 
 URL = "/compat/obsrv/v2/data/in"
 MSGID = "e180ecac-8f41-4f21-9a21-0b3a1a368917"
@@ -117,15 +116,6 @@ def failure(response, status_code: int, response_code: str, code: str) -> str:
     return body["error"]["message"]
 
 
-def finished(client, job_id: str, timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
-            return job
-        time.sleep(0.02)
-
-
 def new_key(client, scopes: list[str], datasets: list[str] | None = None) -> str:
     body: dict[str, Any] = {"name": "obsrv", "scopes": scopes}
     if datasets is not None:
@@ -140,7 +130,7 @@ def new_key(client, scopes: list[str], datasets: list[str] | None = None) -> str
 
 def test_example_envelope_is_ingested_and_read_back(client):
     telemetry(client)
-    job = finished(client, success(data_in(client, "telemetry", EXAMPLE)))
+    job = finished_job(client, success(data_in(client, "telemetry", EXAMPLE)))
     assert job["status"] == "succeeded" and job["source"] == "obsrv"
     assert job["idempotency_key"] == MSGID and job["method"] == "upsert"
     assert job["stats"]["received"] == 1 and job["stats"]["inserted"] == 1
@@ -149,7 +139,7 @@ def test_example_envelope_is_ingested_and_read_back(client):
 
 def test_dataset_named_by_its_name(client):
     telemetry(client, name="Telemetry Events")
-    job = finished(client, success(data_in(client, "Telemetry Events", EXAMPLE)))
+    job = finished_job(client, success(data_in(client, "Telemetry Events", EXAMPLE)))
     assert job["dataset_id"] == "telemetry" and job["status"] == "succeeded"
     assert rows_of(client, "telemetry") == [STORED]
 
@@ -157,7 +147,7 @@ def test_dataset_named_by_its_name(client):
 def test_array_of_events(client):
     telemetry(client)
     events = [event(1), event(2, eid="IMPRESSION")]
-    job = finished(client, success(data_in(client, "telemetry", envelope(events))))
+    job = finished_job(client, success(data_in(client, "telemetry", envelope(events))))
     assert job["stats"]["inserted"] == 2
     assert [r["eid"] for r in rows_of(client, "telemetry", order_by="mid")] == [
         "INTERACT", "IMPRESSION",
@@ -167,16 +157,16 @@ def test_array_of_events(client):
 def test_object_holding_an_events_array(client):
     telemetry(client)
     body = envelope({"events": [event(1), event(2), event(3)]})
-    job = finished(client, success(data_in(client, "telemetry", body)))
+    job = finished_job(client, success(data_in(client, "telemetry", body)))
     assert job["stats"]["inserted"] == 3
     assert len(rows_of(client, "telemetry")) == 3
 
 
 def test_keyed_dataset_upserts(client):
     telemetry(client)
-    finished(client, success(data_in(client, "telemetry", envelope([event(1)], "m1")), "m1"))
+    finished_job(client, success(data_in(client, "telemetry", envelope([event(1)], "m1")), "m1"))
     changed = {"mid": "INTERACT:1", "eid": "START"}
-    job = finished(client, success(data_in(client, "telemetry", envelope(changed, "m2")), "m2"))
+    job = finished_job(client, success(data_in(client, "telemetry", envelope(changed, "m2")), "m2"))
     assert job["stats"]["updated"] == 1 and job["method"] == "upsert"
     (row,) = rows_of(client, "telemetry")
     assert row["eid"] == "START" and row["actor.type"] == "User"  # absent fields kept
@@ -184,8 +174,8 @@ def test_keyed_dataset_upserts(client):
 
 def test_dataset_without_key_appends(client):
     telemetry(client, keyed=False)
-    finished(client, success(data_in(client, "telemetry", envelope(msgid="m1")), "m1"))
-    job = finished(client, success(data_in(client, "telemetry", envelope(msgid="m2")), "m2"))
+    finished_job(client, success(data_in(client, "telemetry", envelope(msgid="m1")), "m1"))
+    job = finished_job(client, success(data_in(client, "telemetry", envelope(msgid="m2")), "m2"))
     assert job["method"] == "insert"
     assert rows_of(client, "telemetry") == [STORED, STORED]
 
@@ -193,7 +183,7 @@ def test_dataset_without_key_appends(client):
 def test_row_errors_are_reported_on_the_job(client):
     telemetry(client)
     body = envelope([event(1), event(2, ets="yesterday"), event(3, extra="x")])
-    job = finished(client, success(data_in(client, "telemetry", body)))
+    job = finished_job(client, success(data_in(client, "telemetry", body)))
     assert job["status"] == "succeeded"
     assert job["stats"]["inserted"] == 1 and job["stats"]["failed"] == 2
     assert [(e["row"], e["column"], e["code"]) for e in job["errors"]] == [
@@ -207,7 +197,7 @@ def test_row_errors_are_reported_on_the_job(client):
 def test_repeated_msgid_returns_the_first_job_and_applies_nothing(client):
     telemetry(client, keyed=False)
     first = success(data_in(client, "telemetry", EXAMPLE))
-    finished(client, first)
+    finished_job(client, first)
     again = success(data_in(client, "telemetry", EXAMPLE))
     assert again == first
     assert len(client.get("/v1/jobs").json()["jobs"]) == 1
@@ -350,7 +340,7 @@ def test_same_push_through_v1_leaves_the_same_dataset_and_job(client):
     telemetry(client, "via_obsrv")
     telemetry(client, "via_v1")
     events = [event(1), event(2, ets="not a time"), event(3, eid=None), event(1, eid="AGAIN")]
-    dialect = finished(client, success(data_in(client, "via_obsrv", envelope(events))))
+    dialect = finished_job(client, success(data_in(client, "via_obsrv", envelope(events))))
     native = push(client, "via_v1", events, "upsert", headers={"Idempotency-Key": MSGID})
     assert comparable(dialect) == comparable(native)
     assert dialect["stats"]["failed"] == 1

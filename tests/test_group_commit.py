@@ -3,9 +3,7 @@ job ends exactly as if it had run alone, with its own stats and errors."""
 
 from __future__ import annotations
 
-import time
-
-from conftest import create_dataset, make_client, rows_of
+from conftest import create_dataset, finished_job, make_client, rows_of
 
 COLUMNS = [{"name": "id", "type": "integer"}, {"name": "a"}, {"name": "b"}]
 
@@ -20,18 +18,8 @@ def queue_then_run(store_settings, pushes, unique_key=("id",)):
             assert response.status_code == 202, response.text
             ids.append(response.json()["job_id"])
     with make_client(store_settings, workers=1) as client:
-        jobs = [finished(client, job_id) for job_id in ids]
+        jobs = [finished_job(client, job_id) for job_id in ids]
         return client, jobs, rows_of(client, "t")
-
-
-def finished(client, job_id, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.02)
-    raise AssertionError(f"{job_id} did not finish")
 
 
 def counts(job):
@@ -84,7 +72,7 @@ def test_queued_deletes_delete_a_key_once(store_settings):
             for rows in ([{"id": 1}, {"id": 9}], [{"id": 1}, {"id": 2}])
         ]
     with make_client(store_settings) as client:
-        jobs = [finished(client, i) for i in ids]
+        jobs = [finished_job(client, i) for i in ids]
         assert len({j["finished_at"] for j in jobs}) == 1
         assert [counts(j) for j in jobs] == [(2, 0, 0, 1, 1, 0), (2, 0, 0, 1, 1, 0)]
         assert [r["id"] for r in rows_of(client, "t")] == [0, 3, 4]
@@ -114,9 +102,9 @@ def test_an_undecodable_job_fails_alone_in_its_group(store_settings):
         ).json()["job_id"]
         after = client.post("/v1/datasets/t/records", json=[{"id": 2}]).json()["job_id"]
     with make_client(store_settings) as client:
-        assert finished(client, good)["status"] == "succeeded"
-        assert finished(client, bad)["error"]["code"] == "invalid_payload"
-        assert finished(client, after)["status"] == "succeeded"
+        assert finished_job(client, good)["status"] == "succeeded"
+        assert finished_job(client, bad)["error"]["code"] == "invalid_payload"
+        assert finished_job(client, after)["status"] == "succeeded"
         assert [r["id"] for r in rows_of(client, "t")] == [1, 2]
 
 
@@ -129,8 +117,8 @@ def test_an_atomic_job_runs_alone_and_fails_alone(store_settings):
         ).json()["job_id"]
         last = client.post("/v1/datasets/t/records", json=[{"id": 3}]).json()["job_id"]
     with make_client(store_settings) as client:
-        assert finished(client, first)["status"] == "succeeded"
-        job = finished(client, atomic)
+        assert finished_job(client, first)["status"] == "succeeded"
+        job = finished_job(client, atomic)
         assert job["status"] == "failed" and job["error"]["code"] == "atomic_violation"
-        assert finished(client, last)["status"] == "succeeded"
+        assert finished_job(client, last)["status"] == "succeeded"
         assert [r["id"] for r in rows_of(client, "t")] == [1, 3]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import create_dataset, make_client, push, rows_of
+from conftest import create_dataset, finished_job, make_client, push, rows_of
 
 COLUMNS = [{"name": "id", "type": "integer"}, {"name": "v"}]
 
@@ -15,23 +15,13 @@ def accepted(client, dataset_id, rows, **params):
     return response.json()
 
 
-def wait_for(client, job_id, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} did not finish")
-
-
 def test_a_push_answers_202_with_a_status_url(client):
     create_dataset(client, "t", COLUMNS, unique_key=["id"])
     answer = accepted(client, "t", [{"id": 1}])
     assert set(answer) == {"job_id", "status", "status_url"}
     assert answer["status"] in ("queued", "running", "succeeded")
     assert answer["status_url"].endswith(f"/v1/jobs/{answer['job_id']}")
-    job = wait_for(client, answer["job_id"])
+    job = finished_job(client, answer["job_id"])
     assert client.get(answer["status_url"]).json()["id"] == job["id"]
 
 
@@ -106,7 +96,7 @@ def test_cancelled_jobs_are_never_applied(store_settings):
         drop = accepted(client, "t", [{"id": 2}])["job_id"]
         assert client.post(f"/v1/jobs/{drop}/cancel").status_code == 200
     with make_client(data) as client:  # workers now run what is queued
-        assert wait_for(client, keep)["status"] == "succeeded"
+        assert finished_job(client, keep)["status"] == "succeeded"
         assert client.get(f"/v1/jobs/{drop}").json()["status"] == "cancelled"
         assert rows_of(client, "t") == [{"id": 1, "v": None}]
 
@@ -117,7 +107,7 @@ def test_queued_jobs_survive_a_restart_and_run_in_order(store_settings):
         create_dataset(client, "t", COLUMNS, unique_key=["id"])
         ids = [accepted(client, "t", [{"id": 1, "v": str(n)}])["job_id"] for n in range(5)]
     with make_client(data) as client:
-        assert [wait_for(client, i)["status"] for i in ids] == ["succeeded"] * 5
+        assert [finished_job(client, i)["status"] for i in ids] == ["succeeded"] * 5
         assert rows_of(client, "t") == [{"id": 1, "v": "4"}]
 
 
@@ -157,5 +147,5 @@ def test_a_job_on_a_dropped_dataset_fails(store_settings):
         job_id = accepted(client, "t", [{"id": 1}])["job_id"]
         assert client.delete("/v1/datasets/t").status_code == 204
     with make_client(data) as client:
-        job = wait_for(client, job_id)
+        job = finished_job(client, job_id)
         assert job["status"] == "failed" and job["error"]["code"] == "dataset_not_found"

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import threading
-import time
 
-from conftest import create_dataset, push, rows_of
+from conftest import create_dataset, finished_job, push, rows_of
 
 COLUMNS = [
     {"name": "id", "type": "integer"},
@@ -166,18 +165,8 @@ def test_twenty_unawaited_upserts_of_one_key_end_with_the_last(client):
         assert response.status_code == 202
         job_ids.append(response.json()["job_id"])
     for job_id in job_ids:
-        assert wait_for(client, job_id)["status"] == "succeeded"
+        assert finished_job(client, job_id)["status"] == "succeeded"
     assert rows_of(client, "people") == [{"id": 1, "name": "v19", "city": None, "visits": 19}]
-
-
-def wait_for(client, job_id, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 def test_jobs_of_one_dataset_apply_in_acceptance_order_across_methods(client):
@@ -189,7 +178,7 @@ def test_jobs_of_one_dataset_apply_in_acceptance_order_across_methods(client):
         client.delete("/v1/datasets/people/records"),
         client.post("/v1/datasets/people/records", json=[{"id": 2, "name": "c"}]),
     ]
-    jobs = [wait_for(client, r.json()["job_id"]) for r in accepted]
+    jobs = [finished_job(client, r.json()["job_id"]) for r in accepted]
     assert [j["status"] for j in jobs] == ["succeeded"] * 5
     assert [j["stats"]["failed"] for j in jobs] == [0] * 5
     assert rows_of(client, "people") == [{"id": 2, "name": "c", "city": None, "visits": None}]

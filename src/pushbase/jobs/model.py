@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from pushbase.errors import PushbaseError
 from pushbase.schema import WriteMethod
 
 
@@ -125,3 +126,13 @@ def take_group(candidates: list[Job], joins: Callable[[list[Job], Job], bool]) -
 def mark_running(job: Job) -> None:
     job.status, job.phase = JobStatus.running, JobPhase.decoding
     job.started_at = utcnow()
+
+
+def idempotency_conflict(first: Job) -> PushbaseError:
+    """The answer to a reused Idempotency-Key whose payload differs from the first."""
+    return PushbaseError(
+        "idempotency_conflict",
+        "this Idempotency-Key was used with a different payload",
+        409,
+        {"job_id": first.id},
+    )

@@ -32,7 +32,7 @@ from pushbase.settings import Settings
 from pushbase.storage.base import GroupRule, RowQuery, Store
 from pushbase.storage.inbox import Inbox
 from pushbase.storage.spool import Spool
-from pushbase.storage.sql import quote, table_name
+from pushbase.storage.sql import job_filter, quote, table_name
 from pushbase.storage.writer import AtomicViolation, SqlWriter, Work, settle
 
 log = logging.getLogger("pushbase.store")
@@ -364,17 +364,13 @@ class DuckDBStore(Store):
         datasets: list[str] | None,
     ) -> list[Job]:
         self._register()
-        clauses, params = [], []
-        if dataset_id is not None:
-            clauses.append("dataset_id = ?")
-            params.append(dataset_id)
-        if status is not None:
-            clauses.append("status = ?")
-            params.append(status.value)
-        if datasets is not None:
-            clauses.append("list_contains(?, dataset_id)")
-            params.append(datasets)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = job_filter(
+            dataset_id,
+            status and status.value,
+            datasets,
+            param="?",
+            among="list_contains(?, dataset_id)",
+        )
         with self._cursor() as cur:
             rows = cur.execute(
                 f"SELECT doc FROM _pb_jobs{where} ORDER BY seq DESC LIMIT ?", [*params, limit]

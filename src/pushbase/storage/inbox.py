@@ -16,8 +16,7 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
-from pushbase.errors import PushbaseError
-from pushbase.jobs.model import Job
+from pushbase.jobs.model import Job, idempotency_conflict
 from pushbase.storage.spool import Spool, fsync_dir
 
 JOB_SUFFIX = ".job"
@@ -58,12 +57,7 @@ class Inbox:
         if first is None or first.created_at < window_start:
             return None
         if first.payload_hash != job.payload_hash:
-            raise PushbaseError(
-                "idempotency_conflict",
-                "this Idempotency-Key was used with a different payload",
-                409,
-                {"job_id": first.id},
-            )
+            raise idempotency_conflict(first)
         return first
 
     def accept(self, job: Job, payload: Path | None) -> None:

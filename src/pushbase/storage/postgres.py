@@ -41,6 +41,7 @@ from pushbase.jobs.model import (
     JobError,
     JobPhase,
     JobStatus,
+    idempotency_conflict,
     mark_running,
     take_group,
 )
@@ -48,7 +49,7 @@ from pushbase.schema import Column, ColumnType, Dataset
 from pushbase.settings import Settings
 from pushbase.storage.base import GroupRule, RowQuery, Store
 from pushbase.storage.spool import Spool
-from pushbase.storage.sql import quote
+from pushbase.storage.sql import job_filter, quote
 from pushbase.storage.writer import AtomicViolation, SqlWriter, Work, settle
 
 SQL_TYPES = {
@@ -362,12 +363,7 @@ class PostgresStore(Store):
             conn.execute("UPDATE _pb_jobs SET idempotency_key = NULL WHERE id = %s", [first.id])
             return None
         if first.payload_hash != job.payload_hash:
-            raise PushbaseError(
-                "idempotency_conflict",
-                "this Idempotency-Key was used with a different payload",
-                409,
-                {"job_id": first.id},
-            )
+            raise idempotency_conflict(first)
         return first
 
     def get_job(self, job_id: str) -> Job | None:
@@ -382,17 +378,9 @@ class PostgresStore(Store):
         limit: int,
         datasets: list[str] | None,
     ) -> list[Job]:
-        clauses, params = [], []
-        if dataset_id is not None:
-            clauses.append("dataset_id = %s")
-            params.append(dataset_id)
-        if status is not None:
-            clauses.append("status = %s")
-            params.append(status.value)
-        if datasets is not None:
-            clauses.append("dataset_id = ANY(%s)")
-            params.append(datasets)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = job_filter(
+            dataset_id, status and status.value, datasets, param="%s", among="dataset_id = ANY(%s)"
+        )
         with self._conn() as conn:
             rows = conn.execute(
                 f"SELECT doc FROM _pb_jobs{where} ORDER BY seq DESC LIMIT %s", [*params, limit]

@@ -10,3 +10,28 @@ def quote(identifier: str) -> str:
 
 def table_name(dataset_id: str) -> str:
     return quote(f"ds_{dataset_id}")
+
+
+def job_filter(
+    dataset_id: str | None,
+    status: str | None,
+    datasets: list[str] | None,
+    *,
+    param: str,
+    among: str,
+) -> tuple[str, list[object]]:
+    """The WHERE clause and parameters for listing jobs.
+
+    `param` is the backend's placeholder; `among` its test of `dataset_id` against a list.
+    """
+    clauses: list[str] = []
+    params: list[object] = []
+    for clause, value in (
+        (f"dataset_id = {param}", dataset_id),
+        (f"status = {param}", status),
+        (among, datasets),
+    ):
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
+    return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
