@@ -81,6 +81,7 @@ class DuckDBStore(Store):
         self._db: duckdb.DuckDBPyConnection | None = None
         self._jobs_lock = threading.Lock()  # job state transitions: enqueue, claim, cancel
         self._register_lock = threading.Lock()
+        self._accept_lock = threading.Lock()  # seq order = the order jobs become pending
         self._datasets: dict[str, Dataset] = {}
         self._keys: dict[str, ApiKey] = {}  # by hash
         self._phases: dict[str, tuple[JobPhase, int]] = {}  # running jobs' progress
@@ -306,7 +307,9 @@ class DuckDBStore(Store):
         return self.spool.new_incoming()
 
     def enqueue(self, job: Job, payload: Path | None, window_start: datetime) -> Job:
-        with self._jobs_lock:
+        # Not the jobs lock: claims hold that across DuckDB statements, which may wait for a
+        # large commit. Acceptance touches only files and memory, so it never waits for them.
+        with self._accept_lock:
             if job.idempotency_key is not None:
                 first = self.inbox.first_with_key(job, window_start)
                 if first is not None:
