@@ -33,7 +33,7 @@ from pushbase.storage.base import GroupRule, RowQuery, Store
 from pushbase.storage.inbox import Inbox
 from pushbase.storage.spool import Spool
 from pushbase.storage.sql import job_filter, quote, table_name
-from pushbase.storage.writer import AtomicViolation, SqlWriter, Work, settle
+from pushbase.storage.writer import AtomicViolation, SqlWriter, Work, evolve, settle
 
 log = logging.getLogger("pushbase.store")
 
@@ -506,10 +506,8 @@ class DuckDBStore(Store):
     def apply(self, dataset: Dataset, works: list[Work]) -> list[Job]:
         try:
             with self._transaction() as cur:
-                new_columns = [c for w in works if w.batch for c in w.batch.new_columns]
+                new_columns = evolve(dataset, works)
                 if new_columns:
-                    dataset.columns.extend(new_columns)
-                    dataset.updated_at = datetime.now(UTC)
                     self._update_dataset(cur, dataset, new_columns)
                 writer = DuckDBWriter(cur, dataset, works)
                 jobs = settle(writer, works[0].job.method, self.settings.max_row_errors)

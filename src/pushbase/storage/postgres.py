@@ -50,7 +50,7 @@ from pushbase.settings import Settings
 from pushbase.storage.base import GroupRule, RowQuery, Store
 from pushbase.storage.spool import Spool
 from pushbase.storage.sql import job_filter, quote
-from pushbase.storage.writer import AtomicViolation, SqlWriter, Work, settle
+from pushbase.storage.writer import AtomicViolation, SqlWriter, Work, evolve, settle
 
 SQL_TYPES = {
     ColumnType.string: "text",
@@ -549,10 +549,8 @@ class PostgresStore(Store):
             raise PushbaseError("not_claimed", f"job {works[0].job.id} is not claimed here", 500)
         try:
             with conn.transaction():
-                new_columns = [c for w in works if w.batch for c in w.batch.new_columns]
+                new_columns = evolve(dataset, works)
                 if new_columns:
-                    dataset.columns.extend(new_columns)
-                    dataset.updated_at = datetime.now(UTC)
                     self._update_dataset(conn, dataset, new_columns)
                 writer = PostgresWriter(conn, dataset, works)
                 jobs = settle(writer, works[0].job.method, self.settings.max_row_errors)

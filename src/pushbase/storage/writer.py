@@ -357,3 +357,12 @@ def settle(writer: SqlWriter, method: WriteMethod, max_errors: int) -> list[Job]
         job.errors_total = len(errors)
         jobs.append(job)
     return jobs
+
+
+def evolve(dataset: Dataset, works: list[Work]) -> list[Column]:
+    """The columns an `evolve` dataset gains from these jobs, added to `dataset` here."""
+    added = [c for w in works if w.batch for c in w.batch.new_columns]
+    if added:
+        dataset.columns.extend(added)
+        dataset.updated_at = datetime.now(UTC)
+    return added
