@@ -27,6 +27,10 @@ class PushbaseError(Exception):
         self.details = details or {}
         self.headers = headers or {}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Crosses process boundaries (decoding runs in worker processes) with every field.
+        return (type(self), (self.code, self.message, self.status, self.details, self.headers))
+
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.details:

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     public_url: str | None = Field(None, description="base URL shown in instructions")
 
     workers: int = Field(2, ge=0, description="job worker threads in this process")
+    decode_processes: int = Field(
+        1, ge=0, description="processes that decode payloads (0: in the worker threads)"
+    )
     max_body_bytes: int = 50 * MIB
     max_inflated_bytes: int = 512 * MIB
     max_sync_rows: int = 1000

@@ -13,9 +13,10 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from pushbase.decode import DecodedBatch, DecodeOptions, decode_payload, format_for, is_gzip
+from pushbase.decode import DecodedBatch
 from pushbase.errors import PushbaseError
 from pushbase.jobs.ahead import DecodeAhead
+from pushbase.jobs.decoding import Decoder
 from pushbase.jobs.model import ATOMIC_ERROR, MAX_GROUP_JOBS, Job, JobError, JobPhase, JobStatus
 from pushbase.schema import Dataset, UnknownFields, WriteMethod
 from pushbase.settings import Settings
@@ -40,6 +41,7 @@ class JobRunner:
         self._finished: dict[str, threading.Event] = {}
         self._finished_lock = threading.Lock()
         self._last_purge = 0.0
+        self._decoder = Decoder(settings.decode_processes, settings.max_inflated_bytes)
         self._ahead = DecodeAhead(store, self._decode, settings.group_max_bytes, MAX_GROUP_JOBS)
 
     # life cycle -------------------------------------------------------
@@ -194,15 +196,7 @@ class JobRunner:
             return [self._fail(j, "internal_error", message) for j in group if not self._ended(j)]
 
     def _decode(self, job: Job, dataset: Dataset) -> DecodedBatch:
-        return decode_payload(
-            self.store.read_payload(job),
-            format_for(job.content_type),
-            is_gzip(job.content_encoding),
-            dataset,
-            job.method,
-            self.settings.max_inflated_bytes,
-            DecodeOptions.model_validate(job.options),
-        )
+        return self._decoder.decode(job, dataset, self.store.read_payload(job))
 
     def _ended(self, job: Job) -> bool:
         current = self.store.get_job(job.id)
