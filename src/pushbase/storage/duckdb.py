@@ -554,12 +554,15 @@ class DuckDBWriter(SqlWriter):
         return f"(arg_max({{'v': {value}}}, o){where}).v"
 
     def write_merged(self, columns: str, any_existing: bool) -> None:
-        # Delete-then-insert: DuckDB's ON CONFLICT costs a full pass per statement (DESIGN §7).
-        if any_existing:
-            match = " AND ".join(f"t.{quote(k)} = m.{quote(k)}" for k in self.dataset.unique_key)
-            self.execute(
-                f"DELETE FROM {self.table} t USING {self.mrg} m WHERE m._existed AND {match}"
-            )
+        # Groups are large (group commit), so one ON CONFLICT statement per group pays off.
+        keys = ", ".join(quote(k) for k in self.dataset.unique_key)
+        updates = ", ".join(
+            f"{quote(c.name)} = EXCLUDED.{quote(c.name)}"
+            for c in self.dataset.columns
+            if c.name not in self.dataset.unique_key
+        )
+        action = f"DO UPDATE SET {updates}" if updates and any_existing else "DO NOTHING"
         self.execute(
-            f"INSERT INTO {self.table} ({columns}) SELECT {columns} FROM {self.mrg} WHERE NOT _bad"
+            f"INSERT INTO {self.table} ({columns}) SELECT {columns} FROM {self.mrg}"
+            f" WHERE NOT _bad ON CONFLICT ({keys}) {action}"
         )
