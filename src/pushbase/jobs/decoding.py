@@ -15,6 +15,7 @@ import multiprocessing
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 from pushbase.decode import DecodedBatch, DecodeOptions, decode_payload, format_for, is_gzip
 from pushbase.jobs.model import Job
@@ -24,10 +25,13 @@ _pools: dict[int, ProcessPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
 
-def decode_job(job: Job, dataset: Dataset, payload: bytes, max_inflated: int) -> DecodedBatch:
-    """A job's payload as the dataset's typed columns and row errors (runs anywhere)."""
+def decode_job(
+    job: Job, dataset: Dataset, payload: bytes | Path, max_inflated: int
+) -> DecodedBatch:
+    """A job's payload (bytes, or a file to read them from) as the dataset's typed columns
+    and row errors. Runs in any process."""
     return decode_payload(
-        payload,
+        payload.read_bytes() if isinstance(payload, Path) else payload,
         format_for(job.content_type),
         is_gzip(job.content_encoding),
         dataset,
@@ -58,7 +62,8 @@ class Decoder:
         self.processes = processes
         self.max_inflated = max_inflated
 
-    def decode(self, job: Job, dataset: Dataset, payload: bytes) -> DecodedBatch:
+    def decode(self, job: Job, dataset: Dataset, payload: bytes | Path) -> DecodedBatch:
+        """Decode; a payload given as a file is read by the decoding process itself."""
         if not self.processes:
             return decode_job(job, dataset, payload, self.max_inflated)
         pool = _pool(self.processes)

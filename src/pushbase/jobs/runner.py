@@ -196,7 +196,8 @@ class JobRunner:
             return [self._fail(j, "internal_error", message) for j in group if not self._ended(j)]
 
     def _decode(self, job: Job, dataset: Dataset) -> DecodedBatch:
-        return self._decoder.decode(job, dataset, self.store.read_payload(job))
+        payload = self.store.payload_file(job) or self.store.read_payload(job)
+        return self._decoder.decode(job, dataset, payload)
 
     def _ended(self, job: Job) -> bool:
         current = self.store.get_job(job.id)

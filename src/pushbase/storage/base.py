@@ -128,6 +128,10 @@ class Store(ABC):
     @abstractmethod
     def read_payload(self, job: Job) -> bytes: ...
 
+    def payload_file(self, job: Job) -> Path | None:
+        """A local file holding the payload, when the store keeps one (read it there)."""
+        return None
+
     @abstractmethod
     def set_phase(self, job_id: str, phase: JobPhase, progress: int) -> None: ...
 

@@ -408,6 +408,10 @@ class DuckDBStore(Store):
             [job.status.value, job.model_dump_json(), job.id],
         )
 
+    def payload_file(self, job: Job) -> Path | None:
+        path = self.spool.path_for(job.id)
+        return path if path.exists() else None
+
     def read_payload(self, job: Job) -> bytes:
         try:
             return self.spool.read(job.id)
