@@ -35,11 +35,14 @@ class Settings(BaseSettings):
     optimal_batch_bytes: int = 1 * MIB
     max_wait_seconds: float = 60.0
     group_max_bytes: int = Field(
-        32 * MIB, description="payload bytes of consecutive jobs written in one transaction"
+        16 * MIB, description="payload bytes of consecutive jobs written in one transaction"
     )
     job_retention_seconds: int = 7 * 24 * 3600
     idempotency_window_seconds: int = 24 * 3600
     max_row_errors: int = 100
+    duckdb_memory_mb: int = Field(
+        256, ge=64, description="embedded store: DuckDB's memory limit (buffers, indexes, joins)"
+    )
     duckdb_checkpoint_mb: int = Field(
         256, ge=1, description="embedded store: write-ahead log size that triggers a checkpoint"
     )

@@ -13,6 +13,8 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
+import pyarrow as pa
+
 from pushbase.decode import DecodedBatch
 from pushbase.errors import PushbaseError
 from pushbase.jobs.ahead import DecodeAhead
@@ -189,7 +191,10 @@ class JobRunner:
                 work.job.phase = JobPhase.writing
             if dataset.unknown_fields is not UnknownFields.evolve:  # evolve: schema may change
                 self._ahead.request(dataset, group[-1].seq)
-            return [*done, *self.store.apply(dataset, works)]
+            written = self.store.apply(dataset, works)
+            del works
+            pa.default_memory_pool().release_unused()  # keep RSS near what is in use
+            return [*done, *written]
         except Exception as exc:  # a bug or a store failure: the jobs fail, the worker lives
             log.exception("jobs %s failed", [j.id for j in group])
             message = f"{type(exc).__name__}: {exc}"

@@ -97,6 +97,8 @@ class DuckDBStore(Store):
         self._db = duckdb.connect(str(self.settings.duckdb_path))
         # Checkpoints rewrite the keyed tables and their indexes: not after every group.
         self._db.execute(f"SET checkpoint_threshold = '{self.settings.duckdb_checkpoint_mb}MB'")
+        # DuckDB would otherwise take most of the machine's memory for its buffers.
+        self._db.execute(f"SET memory_limit = '{self.settings.duckdb_memory_mb}MB'")
         with self._cursor() as cur:
             cur.execute("CREATE TABLE IF NOT EXISTS _pb_version (version INTEGER)")
             row = cur.execute("SELECT max(version) FROM _pb_version").fetchone()
