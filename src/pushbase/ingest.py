@@ -8,7 +8,6 @@ built themselves (`spool_bytes`, for dialects that unwrap base64 or envelopes).
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +21,7 @@ from pushbase.jobs.runner import JobRunner
 from pushbase.schema import Dataset, WriteMethod
 from pushbase.settings import Settings
 from pushbase.storage import Store
+from pushbase.storage.spool import fsync_path
 
 
 @dataclass
@@ -56,6 +56,12 @@ class Submission:
     label: str | None = None  # kept on the job, not part of the idempotency fingerprint
 
 
+def _durably_enqueue(svc: Services, job: Job, payload: Payload | None, window: datetime) -> Job:
+    if payload is not None:
+        fsync_path(payload.path)  # the body on disk before the job exists
+    return svc.store.enqueue(job, payload.path if payload else None, window)
+
+
 def check_queue(svc: Services, incoming: int) -> None:
     """Backpressure: refuse a push while too many bytes wait to be applied."""
     if svc.store.pending_bytes() + incoming > svc.settings.queue_max_bytes:
@@ -73,10 +79,7 @@ def spool_bytes(svc: Services, data: bytes, content_type: str) -> Payload:
     if len(data) > svc.settings.max_inflated_bytes:
         raise PushbaseError("payload_too_large", "the payload is too large", 413)
     path = svc.store.incoming_path()
-    with open(path, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
+    path.write_bytes(data)  # fsync'd by `submit`, with the enqueue
     return Payload(path, len(data), hashlib.sha256(data).hexdigest(), content_type)
 
 
@@ -112,9 +115,7 @@ async def submit(svc: Services, submission: Submission, wait: float = 0) -> Job:
     )
     window = datetime.now(UTC) - timedelta(seconds=svc.settings.idempotency_window_seconds)
     try:
-        job = await run_in_threadpool(
-            svc.store.enqueue, job, payload.path if payload else None, window
-        )
+        job = await run_in_threadpool(_durably_enqueue, svc, job, payload, window)
     finally:
         if payload is not None:
             payload.path.unlink(missing_ok=True)  # still there only if enqueue did not keep it

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
 
 from pushbase.auth import ENV_ADMIN, ApiKey, Scope, hash_key, matches
 from pushbase.errors import PushbaseError, not_found
 from pushbase.ingest import Services
 from pushbase.schema import Dataset, check_dataset_id
 
+T = TypeVar("T")
 
-def services(request: Request) -> Services:
+
+async def services(request: Request) -> Services:
     return request.app.state.services
+
+
+async def catalog(svc: Services, fn: Callable[..., T], *args: Any) -> T:
+    """Call a catalog lookup: inline when the store keeps its catalog in memory, else in a
+    thread. Each thread hop waits for the GIL, which costs acknowledgements under load."""
+    if svc.store.memory_catalog:
+        return fn(*args)
+    return await run_in_threadpool(fn, *args)
 
 
 ServicesDep = Annotated[Services, Depends(services)]
@@ -29,7 +41,7 @@ def _presented_key(x_api_key: str | None, authorization: str | None) -> str | No
     return None
 
 
-def authenticate(
+async def authenticate(
     svc: ServicesDep,
     x_api_key: Annotated[str | None, Header(description="API key")] = None,
     authorization: Annotated[str | None, Header(description="Bearer API key")] = None,
@@ -45,7 +57,7 @@ def authenticate(
     admin = svc.settings.admin_key
     if admin and matches(secret, hash_key(admin)):
         return ENV_ADMIN
-    key = svc.store.find_key(hash_key(secret))
+    key = await catalog(svc, svc.store.find_key, hash_key(secret))
     if key is None:
         raise PushbaseError(
             "invalid_key", "this API key is not valid", 401, headers={"WWW-Authenticate": "Bearer"}
@@ -59,7 +71,7 @@ KeyDep = Annotated[ApiKey, Depends(authenticate)]
 def require(*scopes: Scope):
     """A dependency that checks the caller's key holds one of `scopes`."""
 
-    def check(key: KeyDep) -> ApiKey:
+    async def check(key: KeyDep) -> ApiKey:
         if not any(key.allows(scope) for scope in scopes):
             key.check(scopes[0])
         return key

@@ -12,10 +12,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from pushbase.api.deps import ServicesDep, dataset_for, require
+from pushbase.api.deps import ServicesDep, catalog, dataset_for, require
 from pushbase.api.intake import receive_body
 from pushbase.api.models import ERRORS, JobAccepted, JobDocument, Rows
 from pushbase.api.responses import JSON, table_rows
@@ -73,11 +72,11 @@ async def push(
     """Push rows. The body is stored durably before the answer; a worker applies it."""
     if method is WriteMethod.delete_all:
         raise PushbaseError("invalid_method", "use DELETE /v1/datasets/{id}/records", 400)
-    dataset = await run_in_threadpool(dataset_for, svc, key, dataset_id, Scope.write)
+    dataset = await catalog(svc, dataset_for, svc, key, dataset_id, Scope.write)
     if method is WriteMethod.delete and not dataset.unique_key:
         raise PushbaseError("no_unique_key", "delete needs a dataset with a unique key", 400)
     declared = request.headers.get("content-length", "")
-    await run_in_threadpool(check_queue, svc, int(declared) if declared.isdigit() else 0)
+    await catalog(svc, check_queue, svc, int(declared) if declared.isdigit() else 0)
     payload = await receive_body(request, svc.settings, svc.store.incoming_path())
     submission = Submission(
         dataset, method, payload, idempotency_key=idempotency_key, atomic=atomic
@@ -100,7 +99,7 @@ async def delete_all(
     key: ApiKey = require(Scope.write),
 ):
     """A job that empties the dataset, in order with the pushes before it."""
-    dataset = await run_in_threadpool(dataset_for, svc, key, dataset_id, Scope.write)
+    dataset = await catalog(svc, dataset_for, svc, key, dataset_id, Scope.write)
     submission = Submission(dataset, WriteMethod.delete_all, None, idempotency_key=idempotency_key)
     return job_answer(request, await submit(svc, submission, wait))
 

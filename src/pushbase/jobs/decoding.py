@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import os
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -41,13 +42,20 @@ def decode_job(
     )
 
 
+def _lower_priority() -> None:
+    """Decoding is throughput work: when cores are short, requests go first."""
+    os.nice(10)
+
+
 def _pool(processes: int) -> ProcessPoolExecutor:
     with _pools_lock:
         pool = _pools.get(processes)
         if pool is None:
             # spawn, not fork: the server has threads and open database handles.
             context = multiprocessing.get_context("spawn")
-            pool = _pools[processes] = ProcessPoolExecutor(processes, mp_context=context)
+            pool = _pools[processes] = ProcessPoolExecutor(
+                processes, mp_context=context, initializer=_lower_priority
+            )
         return pool
 
 

@@ -34,6 +34,9 @@ class RowQuery:
 
 
 class Store(ABC):
+    #: Datasets and keys are served from memory (no I/O): lookups need no thread.
+    memory_catalog: bool = False
+
     # life cycle -------------------------------------------------------
     @abstractmethod
     def open(self) -> None:

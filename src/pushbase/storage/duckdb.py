@@ -74,6 +74,8 @@ class DuckDBStore(Store):
     """One process owns the file, so the catalog (datasets, keys) is also kept in memory
     and the request path never waits for DuckDB: see `inbox.py` for accepted jobs."""
 
+    memory_catalog = True
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.spool = Spool(settings.spool_dir)

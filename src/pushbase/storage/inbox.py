@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from pushbase.jobs.model import Job, idempotency_conflict
-from pushbase.storage.spool import Spool, fsync_dir
+from pushbase.storage.spool import Spool, fsync_path
 
 JOB_SUFFIX = ".job"
 
@@ -69,7 +69,7 @@ class Inbox:
             out.write(job.model_dump_json().encode())
             out.flush()
             os.fsync(out.fileno())
-        fsync_dir(self.spool.root)
+        fsync_path(self.spool.root)
         with self._lock:
             self._pending[job.id] = job
             if job.idempotency_key is not None:

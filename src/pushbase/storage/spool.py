@@ -11,7 +11,8 @@ import secrets
 from pathlib import Path
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file, or a folder (which makes the names in it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -39,7 +40,7 @@ class Spool:
         """Move an fsync'd body to its job's name and make the rename durable."""
         target = self.path_for(job_id)
         os.replace(incoming, target)
-        fsync_dir(self.root)
+        fsync_path(self.root)
         return target
 
     def read(self, job_id: str) -> bytes:
