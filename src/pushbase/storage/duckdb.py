@@ -560,17 +560,3 @@ class DuckDBWriter(SqlWriter):
         # A struct keeps an explicit null that a bare arg_max would skip.
         where = f" FILTER (WHERE {mask})" if mask else ""
         return f"(arg_max({{'v': {value}}}, o){where}).v"
-
-    def write_merged(self, columns: str, any_existing: bool) -> None:
-        # Groups are large (group commit), so one ON CONFLICT statement per group pays off.
-        keys = ", ".join(quote(k) for k in self.dataset.unique_key)
-        updates = ", ".join(
-            f"{quote(c.name)} = EXCLUDED.{quote(c.name)}"
-            for c in self.dataset.columns
-            if c.name not in self.dataset.unique_key
-        )
-        action = f"DO UPDATE SET {updates}" if updates and any_existing else "DO NOTHING"
-        self.execute(
-            f"INSERT INTO {self.table} ({columns}) SELECT {columns} FROM {self.mrg}"
-            f" WHERE NOT _bad ON CONFLICT ({keys}) {action}"
-        )

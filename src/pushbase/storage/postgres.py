@@ -622,16 +622,3 @@ class PostgresWriter(SqlWriter):
     def last_value(self, value: str, mask: str | None) -> str:
         where = f" FILTER (WHERE {mask})" if mask else ""
         return f"(array_agg({value} ORDER BY o DESC){where})[1]"
-
-    def write_merged(self, columns: str, any_existing: bool) -> None:
-        keys = ", ".join(pg_ident(k) for k in self.dataset.unique_key)
-        updates = ", ".join(
-            f"{pg_ident(c.name)} = EXCLUDED.{pg_ident(c.name)}"
-            for c in self.dataset.columns
-            if c.name not in self.dataset.unique_key
-        )
-        action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
-        self.execute(
-            f"INSERT INTO {self.table} ({columns}) SELECT {columns} FROM {self.mrg}"
-            f" WHERE NOT _bad ON CONFLICT ({keys}) {action}"
-        )

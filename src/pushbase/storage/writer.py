@@ -8,8 +8,7 @@ exactly as if the jobs had run one after another.
 
 Staged columns have positional names (c0, p0, …) so that user column names reach
 SQL only as quoted identifiers of the dataset table. A backend supplies how to run
-statements, stage an Arrow table, take the last present value in a group, and
-write the merged rows.
+statements, stage an Arrow table and take the last present value in a group.
 """
 
 from __future__ import annotations
@@ -88,9 +87,23 @@ class SqlWriter(ABC):
     def last_value(self, value: str, mask: str | None) -> str:
         """Aggregate: the value of the highest `o` in the group (among rows where `mask`)."""
 
-    @abstractmethod
-    def write_merged(self, columns: str, any_existing: bool) -> None:
-        """Write `self.mrg` rows (NOT _bad) over the table: existing keys replaced."""
+    def _write_merged(self, columns: str, any_existing: bool) -> None:
+        """Write `self.mrg` rows (NOT _bad) over the table, existing keys replaced.
+
+        One `INSERT ... ON CONFLICT` per group: the merged rows already hold every final
+        value, and groups are large enough to pay for the statement in both backends.
+        """
+        keys = ", ".join(self.ident(k) for k in self.dataset.unique_key)
+        updates = ", ".join(
+            f"{self.ident(c.name)} = EXCLUDED.{self.ident(c.name)}"
+            for c in self.dataset.columns
+            if c.name not in self.dataset.unique_key
+        )
+        action = f"DO UPDATE SET {updates}" if updates and any_existing else "DO NOTHING"
+        self.execute(
+            f"INSERT INTO {self.table} ({columns}) SELECT {columns} FROM {self.mrg}"
+            f" WHERE NOT _bad ON CONFLICT ({keys}) {action}"
+        )
 
     def prepare(self, staged: pa.Table) -> pa.Table:
         """A backend's last look at the rows: it may drop some into `self.rejected`."""
@@ -316,7 +329,7 @@ class SqlWriter(ABC):
             self.stats[j].inserted, self.stats[j].updated = int(inserted), int(updated)
         ((existing,),) = self.fetch(f"SELECT count(*) FROM {self.mrg} WHERE _existed")
         columns = ", ".join(self.ident(c.name) for c in self.dataset.columns)
-        self.write_merged(columns, bool(existing))
+        self._write_merged(columns, bool(existing))
 
     def _delete(self) -> None:
         """A key's first row in the group deletes the stored row; later ones find nothing."""
