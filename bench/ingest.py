@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(BENCH))
 
 from baseline import run_baseline  # noqa: E402
+from probe import PROBE_DATASET, LatencyProbe  # noqa: E402
 from report import (  # noqa: E402
     BackendRun,
     PhaseResult,
@@ -265,41 +266,6 @@ def wait_jobs(
 
 
 STAT_KEYS = ("received", "inserted", "updated", "deleted", "not_found", "failed", "ignored_fields")
-
-
-PROBE_DATASET = "bench_probe"
-PROBE_INTERVAL = 0.25
-
-
-class LatencyProbe(threading.Thread):
-    """A ninth client, apart from the load: one 1 MB push every 250 ms to its own dataset.
-
-    Its send → 202 times are "the acknowledgement latency of a 1 MB push while the above
-    runs"; the loading clients' own times measure a saturated queue instead.
-    """
-
-    def __init__(self, url: str, api_key: str, body: bytes) -> None:
-        super().__init__(daemon=True)
-        self.url, self.api_key, self.body = url, api_key, body
-        self.latencies: list[float] = []
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        headers = {"x-api-key": self.api_key, "content-type": "application/json"}
-        with httpx.Client(base_url=self.url, headers=headers, timeout=60) as http:
-            while not self.stopping.wait(PROBE_INTERVAL):
-                sent = time.perf_counter()
-                response = http.post(
-                    f"/v1/datasets/{PROBE_DATASET}/records", params={"method": "insert"},
-                    content=self.body,
-                )  # fmt: skip
-                if response.status_code in (200, 202):
-                    self.latencies.append((time.perf_counter() - sent) * 1000)
-
-    def stop(self) -> list[float]:
-        self.stopping.set()
-        self.join()
-        return self.latencies
 
 
 def run_phase(

@@ -8,6 +8,7 @@ built themselves (`spool_bytes`, for dialects that unwrap base64 or envelopes).
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +22,6 @@ from pushbase.jobs.runner import JobRunner
 from pushbase.schema import Dataset, WriteMethod
 from pushbase.settings import Settings
 from pushbase.storage import Store
-from pushbase.storage.spool import fsync_path
 
 
 @dataclass
@@ -35,13 +35,21 @@ class Services:
 
 @dataclass
 class Payload:
-    """A body on durable local storage, waiting to become a job."""
+    """A received body, waiting to become a job: in `path`, its last bytes maybe still in memory."""
 
     path: Path
     size: int
-    sha256: str
     content_type: str | None
     content_encoding: str | None = None
+    tail: list[bytes] = field(default_factory=list)  # received, not yet written to `path`
+
+    def make_durable(self) -> None:
+        """Write what is still in memory and fsync; blocking, so never on the event loop."""
+        with self.path.open("ab") as out:
+            out.writelines(self.tail)
+            out.flush()
+            os.fsync(out.fileno())
+        self.tail = []
 
 
 @dataclass
@@ -56,10 +64,30 @@ class Submission:
     label: str | None = None  # kept on the job, not part of the idempotency fingerprint
 
 
-def _durably_enqueue(svc: Services, job: Job, payload: Payload | None, window: datetime) -> Job:
-    if payload is not None:
-        fsync_path(payload.path)  # the body on disk before the job exists
-    return svc.store.enqueue(job, payload.path if payload else None, window)
+def fingerprint(submission: Submission, options: dict[str, object]) -> str:
+    """What makes two pushes with one idempotency key "the same push"."""
+    content = "-"
+    if submission.payload is not None:
+        with submission.payload.path.open("rb") as body:
+            content = hashlib.file_digest(body, "sha256").hexdigest()
+    method, atomic = submission.method.value, str(submission.atomic)
+    parts = [content, method, atomic, repr(sorted(options.items()))]
+    return hashlib.sha256(":".join(parts).encode()).hexdigest()
+
+
+def _durably_enqueue(svc: Services, job: Job, submission: Submission, window: datetime) -> Job:
+    # Hashing a body costs the event loop about a millisecond per MB: done here, in the
+    # thread that fsyncs, and only when an idempotency key may have to compare payloads.
+    payload = submission.payload
+    try:
+        if payload is not None:
+            payload.make_durable()  # the body on disk before the job exists
+        if job.idempotency_key is not None:
+            job.payload_hash = fingerprint(submission, job.options)
+        return svc.store.enqueue(job, payload.path if payload else None, window)
+    finally:
+        if payload is not None:
+            payload.path.unlink(missing_ok=True)  # still there only if enqueue did not keep it
 
 
 def check_queue(svc: Services, incoming: int) -> None:
@@ -75,12 +103,11 @@ def check_queue(svc: Services, incoming: int) -> None:
 
 
 def spool_bytes(svc: Services, data: bytes, content_type: str) -> Payload:
-    """Write bytes a dialect built to the spool, fsync'd, as if they had been a body."""
+    """Bytes a dialect built, as if they had been a body."""
     if len(data) > svc.settings.max_inflated_bytes:
         raise PushbaseError("payload_too_large", "the payload is too large", 413)
-    path = svc.store.incoming_path()
-    path.write_bytes(data)  # fsync'd by `submit`, with the enqueue
-    return Payload(path, len(data), hashlib.sha256(data).hexdigest(), content_type)
+    # Written and fsync'd by `submit`, off the event loop, with the enqueue.
+    return Payload(svc.store.incoming_path(), len(data), content_type, tail=[data])
 
 
 async def submit(svc: Services, submission: Submission, wait: float = 0) -> Job:
@@ -90,23 +117,12 @@ async def submit(svc: Services, submission: Submission, wait: float = 0) -> Job:
     """
     payload = submission.payload
     options = submission.options.model_dump(exclude_defaults=True)
-    fingerprint = hashlib.sha256(
-        ":".join(
-            [
-                payload.sha256 if payload else "-",
-                submission.method.value,
-                str(submission.atomic),
-                repr(sorted(options.items())),
-            ]
-        ).encode()
-    ).hexdigest()
     job = Job(
         dataset_id=submission.dataset.id,
         method=submission.method,
         bytes=payload.size if payload else 0,
         source=submission.source,
         idempotency_key=submission.idempotency_key,
-        payload_hash=fingerprint,
         content_type=payload.content_type if payload else None,
         content_encoding=payload.content_encoding if payload else None,
         atomic=submission.atomic,
@@ -114,11 +130,7 @@ async def submit(svc: Services, submission: Submission, wait: float = 0) -> Job:
         label=submission.label,
     )
     window = datetime.now(UTC) - timedelta(seconds=svc.settings.idempotency_window_seconds)
-    try:
-        job = await run_in_threadpool(_durably_enqueue, svc, job, payload, window)
-    finally:
-        if payload is not None:
-            payload.path.unlink(missing_ok=True)  # still there only if enqueue did not keep it
+    job = await run_in_threadpool(_durably_enqueue, svc, job, submission, window)
     svc.runner.notify()
     if wait > 0 and not job.status.finished:
         done = await svc.runner.wait(job.id, min(wait, svc.settings.max_wait_seconds))

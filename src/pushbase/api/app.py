@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -47,6 +48,9 @@ def create_app(settings: Settings | None = None, workers: int | None = None) -> 
                 flush=True,
             )
         runner.start(settings.workers if workers is None else workers)
+        # Everything loaded so far lives as long as the server: keep it out of the
+        # collector, so that a full collection under load takes milliseconds, not tens.
+        gc.freeze()
         try:
             yield
         finally:

@@ -1,12 +1,11 @@
-"""The request half of a push: stream the body to disk, judge it cheaply, fsync.
+"""The request half of a push: receive the body, judge it cheaply, spill large ones to disk.
 
 No record is looked at here (DESIGN §7): the size, the gzip stream and the
-content type are checked while the bytes go to the spool.
+content type are checked while the bytes arrive.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import anyio
@@ -17,6 +16,8 @@ from pushbase.errors import PushbaseError
 from pushbase.ingest import Payload
 from pushbase.settings import Settings
 
+SPILL_BYTES = 1 << 20  # a body's bytes held in memory before they go to its file
+
 
 def too_large(limit: int) -> PushbaseError:
     return PushbaseError(
@@ -25,10 +26,11 @@ def too_large(limit: int) -> PushbaseError:
 
 
 async def receive_body(request: Request, settings: Settings, target: Path) -> Payload:
-    """Write the body to `target` or raise a 4xx and leave nothing behind.
+    """Receive the body for `target` or raise a 4xx and leave nothing behind.
 
-    The file is not fsync'd here: `ingest.submit` does it in the same thread hop as the
-    enqueue, before anything is acknowledged."""
+    No file operation runs on the event loop: a body up to `SPILL_BYTES` stays in memory
+    and is written and fsync'd by `ingest.submit`, in the thread hop of the enqueue; a
+    larger one is appended to `target` in `SPILL_BYTES` pieces from a worker thread."""
     content_type = request.headers.get("content-type")
     content_encoding = request.headers.get("content-encoding")
     format_for(content_type)  # 415 before reading anything
@@ -38,25 +40,32 @@ async def receive_body(request: Request, settings: Settings, target: Path) -> Pa
     if declared and declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
     inflater = Inflater(settings.max_inflated_bytes) if gzip else None
-    digest = hashlib.sha256()
-    size = 0
+    held: list[bytes] = []
+    held_bytes = size = 0
     try:
-        with open(target, "wb") as out:
-            async for chunk in request.stream():
-                if not chunk:
-                    continue
-                size += len(chunk)
-                if size > limit:
-                    raise too_large(limit)
-                digest.update(chunk)
-                out.write(chunk)
-                if inflater is not None:
-                    await anyio.to_thread.run_sync(inflater.feed, chunk, False)
-            if size == 0:
-                raise invalid_payload("the body is empty")
+        async for chunk in request.stream():
+            if not chunk:
+                continue
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
             if inflater is not None:
-                inflater.finish()
+                await anyio.to_thread.run_sync(inflater.feed, chunk, False)
+            held.append(chunk)
+            held_bytes += len(chunk)
+            if held_bytes >= SPILL_BYTES:
+                await anyio.to_thread.run_sync(_append, target, held)
+                held, held_bytes = [], 0
+        if size == 0:
+            raise invalid_payload("the body is empty")
+        if inflater is not None:
+            inflater.finish()
     except BaseException:
-        target.unlink(missing_ok=True)
+        target.unlink(missing_ok=True)  # a spilled part
         raise
-    return Payload(target, size, digest.hexdigest(), content_type, content_encoding)
+    return Payload(target, size, content_type, content_encoding, tail=held)
+
+
+def _append(target: Path, chunks: list[bytes]) -> None:
+    with target.open("ab") as out:
+        out.writelines(chunks)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pushbase.decode import DecodedBatch
 from pushbase.errors import PushbaseError
 from pushbase.jobs.model import Job
+from pushbase.priority import lower_this_thread
 from pushbase.schema import Dataset
 from pushbase.storage import Store
 
@@ -84,6 +85,7 @@ class DecodeAhead:
         return sum(v[2] for v in self._ready.values())
 
     def _loop(self) -> None:
+        lower_this_thread()
         while not self._stopping.is_set():
             try:
                 dataset, after_seq = self._tasks.get(timeout=0.5)

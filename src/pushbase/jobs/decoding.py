@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
-import os
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from pushbase.decode import DecodedBatch, DecodeOptions, decode_payload, format_for, is_gzip
 from pushbase.jobs.model import Job
+from pushbase.priority import lower_this_thread
 from pushbase.schema import Dataset
 
 _pools: dict[int, ProcessPoolExecutor] = {}
@@ -42,11 +42,6 @@ def decode_job(
     )
 
 
-def _lower_priority() -> None:
-    """Decoding is throughput work: when cores are short, requests go first."""
-    os.nice(10)
-
-
 def _pool(processes: int) -> ProcessPoolExecutor:
     with _pools_lock:
         pool = _pools.get(processes)
@@ -54,7 +49,7 @@ def _pool(processes: int) -> ProcessPoolExecutor:
             # spawn, not fork: the server has threads and open database handles.
             context = multiprocessing.get_context("spawn")
             pool = _pools[processes] = ProcessPoolExecutor(
-                processes, mp_context=context, initializer=_lower_priority
+                processes, mp_context=context, initializer=lower_this_thread
             )
         return pool
 

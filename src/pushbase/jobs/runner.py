@@ -20,6 +20,7 @@ from pushbase.errors import PushbaseError
 from pushbase.jobs.ahead import DecodeAhead
 from pushbase.jobs.decoding import Decoder
 from pushbase.jobs.model import ATOMIC_ERROR, MAX_GROUP_JOBS, Job, JobError, JobPhase, JobStatus
+from pushbase.priority import lower_this_thread
 from pushbase.schema import Dataset, UnknownFields, WriteMethod
 from pushbase.settings import Settings
 from pushbase.storage import Store, Work
@@ -106,6 +107,7 @@ class JobRunner:
 
     # the loop ---------------------------------------------------------
     def _loop(self) -> None:
+        lower_this_thread()
         while not self._stopping.is_set():
             group = self._claim()
             if not group:

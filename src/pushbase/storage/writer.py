@@ -32,6 +32,10 @@ JOB_SHIFT = 32  # o = j << 32 | r: one order over all rows of a group
 ROW_MASK = (1 << JOB_SHIFT) - 1
 
 
+class KeyConflict(Exception):
+    """An optimistic insert met a key already stored or repeated: write again, carefully."""
+
+
 class AtomicViolation(Exception):
     """Raised inside the write transaction to roll it back when an atomic job has errors."""
 
@@ -49,10 +53,16 @@ class Work:
 
 
 class SqlWriter(ABC):
-    def __init__(self, dataset: Dataset, works: list[Work], table: str) -> None:
+    def __init__(
+        self, dataset: Dataset, works: list[Work], table: str, optimistic: bool = False
+    ) -> None:
         self.dataset = dataset
         self.works = works
         self.table = table
+        # Optimistic: inserts are written without looking for existing or repeated keys
+        # first; the primary key refuses the statement if there are any, the backend raises
+        # KeyConflict and the store writes the jobs again with `optimistic=False`.
+        self.optimistic = optimistic
         self.tag = secrets.token_hex(6)
         self.stg = f"stg_{self.tag}"
         self.mrg = f"mrg_{self.tag}"
@@ -86,6 +96,11 @@ class SqlWriter(ABC):
     @abstractmethod
     def last_value(self, value: str, mask: str | None) -> str:
         """Aggregate: the value of the highest `o` in the group (among rows where `mask`)."""
+
+    def unstage(self) -> None:
+        """Drop what `stage` and the write created."""
+        self.execute(f"DROP TABLE IF EXISTS {self.stg}")
+        self.execute(f"DROP TABLE IF EXISTS {self.mrg}")
 
     def _write_merged(self, columns: str, any_existing: bool) -> None:
         """Write `self.mrg` rows (NOT _bad) over the table, existing keys replaced.
@@ -140,8 +155,7 @@ class SqlWriter(ABC):
             else:
                 self._merge(against_stored=True)
         finally:
-            self.execute(f"DROP TABLE IF EXISTS {self.stg}")
-            self.execute(f"DROP TABLE IF EXISTS {self.mrg}")
+            self.unstage()
 
     def _stage(self) -> bool:
         """Stage every job's valid rows together; False when there is nothing to write."""
@@ -224,6 +238,9 @@ class SqlWriter(ABC):
 
     def _insert(self) -> None:
         """A key already stored, or seen earlier in the group, fails its row."""
+        if self.optimistic:
+            self._append()  # KeyConflict if some key was stored or repeated
+            return
         exists = f"EXISTS (SELECT 1 FROM {self.table} t WHERE {self._join('t', 's')})"
         self.execute(
             f"CREATE TEMP TABLE {self.mrg} AS SELECT s.*, {exists} AS _stored FROM {self.stg} s"
