@@ -8,10 +8,8 @@ built themselves (`spool_bytes`, for dialects that unwrap base64 or envelopes).
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from fastapi.concurrency import run_in_threadpool
 
@@ -19,6 +17,7 @@ from pushbase.decode import DecodeOptions
 from pushbase.errors import PushbaseError
 from pushbase.jobs.model import Job
 from pushbase.jobs.runner import JobRunner
+from pushbase.payload import Payload
 from pushbase.schema import Dataset, WriteMethod
 from pushbase.settings import Settings
 from pushbase.storage import Store
@@ -31,25 +30,6 @@ class Services:
     settings: Settings
     store: Store
     runner: JobRunner
-
-
-@dataclass
-class Payload:
-    """A received body, waiting to become a job: in `path`, its last bytes maybe still in memory."""
-
-    path: Path
-    size: int
-    content_type: str | None
-    content_encoding: str | None = None
-    tail: list[bytes] = field(default_factory=list)  # received, not yet written to `path`
-
-    def make_durable(self) -> None:
-        """Write what is still in memory and fsync; blocking, so never on the event loop."""
-        with self.path.open("ab") as out:
-            out.writelines(self.tail)
-            out.flush()
-            os.fsync(out.fileno())
-        self.tail = []
 
 
 @dataclass
@@ -66,28 +46,23 @@ class Submission:
 
 def fingerprint(submission: Submission, options: dict[str, object]) -> str:
     """What makes two pushes with one idempotency key "the same push"."""
-    content = "-"
-    if submission.payload is not None:
-        with submission.payload.path.open("rb") as body:
-            content = hashlib.file_digest(body, "sha256").hexdigest()
+    content = submission.payload.sha256() if submission.payload is not None else "-"
     method, atomic = submission.method.value, str(submission.atomic)
     parts = [content, method, atomic, repr(sorted(options.items()))]
     return hashlib.sha256(":".join(parts).encode()).hexdigest()
 
 
 def _durably_enqueue(svc: Services, job: Job, submission: Submission, window: datetime) -> Job:
-    # Hashing a body costs the event loop about a millisecond per MB: done here, in the
-    # thread that fsyncs, and only when an idempotency key may have to compare payloads.
+    # Hashing a body costs about a millisecond per MB: done here, in a worker thread, and
+    # only when an idempotency key may have to compare payloads.
     payload = submission.payload
     try:
-        if payload is not None:
-            payload.make_durable()  # the body on disk before the job exists
         if job.idempotency_key is not None:
             job.payload_hash = fingerprint(submission, job.options)
-        return svc.store.enqueue(job, payload.path if payload else None, window)
+        return svc.store.enqueue(job, payload, window)
     finally:
         if payload is not None:
-            payload.path.unlink(missing_ok=True)  # still there only if enqueue did not keep it
+            payload.discard()  # a file is left only if the store did not take it
 
 
 def check_queue(svc: Services, incoming: int) -> None:

@@ -13,7 +13,7 @@ from fastapi import Request
 
 from pushbase.decode.formats import Inflater, format_for, invalid_payload, is_gzip
 from pushbase.errors import PushbaseError
-from pushbase.ingest import Payload
+from pushbase.payload import Payload
 from pushbase.settings import Settings
 
 SPILL_BYTES = 1 << 20  # a body's bytes held in memory before they go to its file

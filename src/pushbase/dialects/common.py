@@ -22,8 +22,9 @@ from fastapi.routing import APIRoute
 from pushbase.auth import ApiKey, Scope
 from pushbase.decode.formats import inflate, is_gzip
 from pushbase.errors import PushbaseError
-from pushbase.ingest import Payload, Services, check_queue, spool_bytes
+from pushbase.ingest import Services, check_queue, spool_bytes
 from pushbase.jobs.model import Job
+from pushbase.payload import Payload
 from pushbase.schema import DATASET_ID_RE, Dataset
 
 log = logging.getLogger("pushbase.dialects")

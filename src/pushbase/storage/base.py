@@ -19,6 +19,7 @@ import pyarrow as pa
 from pushbase.auth import ApiKey
 from pushbase.decode import RowError
 from pushbase.jobs.model import Job, JobError, JobPhase, JobStatus
+from pushbase.payload import Payload
 from pushbase.schema import Column, Dataset
 from pushbase.storage.writer import Work
 
@@ -95,8 +96,8 @@ class Store(ABC):
         """A fresh local file for the request path to stream a body into."""
 
     @abstractmethod
-    def enqueue(self, job: Job, payload: Path | None, window_start: datetime) -> Job:
-        """Make the job and its payload durable, then return it.
+    def enqueue(self, job: Job, payload: Payload | None, window_start: datetime) -> Job:
+        """Make the job and its payload durable, then return it (blocking).
 
         With an idempotency key seen on the dataset since `window_start`, return
         that first job instead (same payload hash) or raise `idempotency_conflict`.

@@ -27,6 +27,7 @@ from pushbase.jobs.model import (
     mark_running,
     take_group,
 )
+from pushbase.payload import Payload
 from pushbase.priority import call_in_background_thread, lower_this_thread
 from pushbase.schema import Column, ColumnType, Dataset, WriteMethod
 from pushbase.settings import Settings
@@ -323,19 +324,17 @@ class DuckDBStore(Store):
     def incoming_path(self) -> Path:
         return self.spool.new_incoming()
 
-    def enqueue(self, job: Job, payload: Path | None, window_start: datetime) -> Job:
+    def enqueue(self, job: Job, payload: Payload | None, window_start: datetime) -> Job:
         # Not the jobs lock: claims hold that across DuckDB statements, which may wait for a
         # large commit. Acceptance touches only files and memory, so it never waits for them.
         with self._accept_lock:
             if job.idempotency_key is not None:
                 first = self.inbox.first_with_key(job, window_start)
                 if first is not None:
-                    if payload is not None:
-                        payload.unlink(missing_ok=True)
                     return self.get_job(first.id) or first
             self._seq += 1
             job.seq = self._seq
-            self.inbox.accept(job, payload)
+            self.inbox.accept(job, payload.make_durable() if payload is not None else None)
         self._wake_registrar.set()
         return job
 

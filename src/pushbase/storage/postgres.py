@@ -45,6 +45,7 @@ from pushbase.jobs.model import (
     mark_running,
     take_group,
 )
+from pushbase.payload import Payload
 from pushbase.schema import Column, ColumnType, Dataset
 from pushbase.settings import Settings
 from pushbase.storage.base import GroupRule, RowQuery, Store
@@ -77,6 +78,16 @@ MIGRATIONS: list[list[str]] = [
         "CREATE UNIQUE INDEX _pb_jobs_idempotency ON _pb_jobs (dataset_id, idempotency_key)"
         " WHERE idempotency_key IS NOT NULL",
         "CREATE TABLE _pb_payloads (job_id text PRIMARY KEY, data bytea NOT NULL)",
+    ],
+    [
+        # An acknowledgement waits for this row: lz4 compresses a 1 MB body ~3x faster than
+        # the default pglz (and leaves less WAL than no compression). Without lz4 support,
+        # payloads are stored uncompressed.
+        "DO $$ BEGIN"
+        " ALTER TABLE _pb_payloads ALTER COLUMN data SET COMPRESSION lz4;"
+        " EXCEPTION WHEN OTHERS THEN"
+        " ALTER TABLE _pb_payloads ALTER COLUMN data SET STORAGE EXTERNAL;"
+        " END $$",
     ],
 ]
 
@@ -323,8 +334,8 @@ class PostgresStore(Store):
     def incoming_path(self) -> Path:
         return self.spool.new_incoming()
 
-    def enqueue(self, job: Job, payload: Path | None, window_start: datetime) -> Job:
-        data = payload.read_bytes() if payload is not None else None
+    def enqueue(self, job: Job, payload: Payload | None, window_start: datetime) -> Job:
+        data = payload.read() if payload is not None else None  # durable once committed
         with self._conn() as conn, conn.transaction():
             if job.idempotency_key is not None:
                 first = self._idempotent_match(conn, job, window_start)
@@ -342,8 +353,6 @@ class PostgresStore(Store):
             )  # fmt: skip
             if data is not None:
                 conn.execute("INSERT INTO _pb_payloads VALUES (%s, %s)", [job.id, data])
-        if payload is not None:
-            payload.unlink(missing_ok=True)
         return job
 
     def _idempotent_match(

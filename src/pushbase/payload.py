@@ -1,0 +1,50 @@
+"""A received request body on its way to becoming a job's payload.
+
+The request path keeps a body of up to about a megabyte in memory and spills larger
+ones to a file in pieces (`api/intake.py`); either way nothing blocking runs on the
+event loop. The store decides where the payload becomes durable: the embedded store
+writes and fsyncs the file into its spool, PostgreSQL commits the bytes in a row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Payload:
+    path: Path  # holds the spilled part of the body, if any; the rest is in `tail`
+    size: int
+    content_type: str | None
+    content_encoding: str | None = None
+    tail: list[bytes] = field(default_factory=list)  # received, not yet written to `path`
+
+    def make_durable(self) -> Path:
+        """Write what is still in memory, fsync, and return the file (blocking)."""
+        with self.path.open("ab") as out:
+            out.writelines(self.tail)
+            out.flush()
+            os.fsync(out.fileno())
+        self.tail = []
+        return self.path
+
+    def read(self) -> bytes:
+        """The whole body (blocking)."""
+        spilled = self.path.read_bytes() if self.path.exists() else b""
+        return b"".join([spilled, *self.tail])
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        if self.path.exists():
+            with self.path.open("rb") as spilled:
+                digest = hashlib.file_digest(spilled, "sha256")
+        for chunk in self.tail:
+            digest.update(chunk)
+        return digest.hexdigest()
+
+    def discard(self) -> None:
+        """Remove the file if the store did not take it."""
+        self.path.unlink(missing_ok=True)
