@@ -294,7 +294,10 @@ def run_phase(
     acked = sorted((p for p in pushes if p.job_id), key=lambda p: p.acked_at)
     result.ack_ms = [p.ack_ms for p in acked]
     docs, last_seen = wait_jobs(url, api_key, [p.job_id for p in acked], args.job_timeout)
-    result.probe_ms = probe.stop()
+    probes = probe.stop()
+    result.probe_ms = [ms for _, ms in probes]
+    accepted_at = started + result.accept_seconds
+    result.probe_after_ms = [ms for sent_at, ms in probes if sent_at >= accepted_at]
     finished = [parse_ts(d.get("finished_at")) for d in docs.values()]
     end = max((f for f in finished if f is not None), default=None) or last_seen
     result.seconds = max(end - started, 1e-9)

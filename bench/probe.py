@@ -20,17 +20,17 @@ PROBE_INTERVAL = 0.25
 
 def _probe(url: str, api_key: str, body: bytes, results: Connection) -> None:
     headers = {"x-api-key": api_key, "content-type": "application/json"}
-    latencies: list[float] = []
+    latencies: list[tuple[float, float]] = []  # (sent, wall clock; ms to the answer)
     with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
         results.send("ready")
         while not results.poll(PROBE_INTERVAL):
-            sent = time.perf_counter()
+            sent_at, sent = time.time(), time.perf_counter()
             response = http.post(
                 f"/v1/datasets/{PROBE_DATASET}/records", params={"method": "insert"},
                 content=body,
             )  # fmt: skip
             if response.status_code in (200, 202):
-                latencies.append((time.perf_counter() - sent) * 1000)
+                latencies.append((sent_at, (time.perf_counter() - sent) * 1000))
     results.send(latencies)
 
 
@@ -46,8 +46,9 @@ class LatencyProbe:
         self._process.start()
         self._conn.recv()  # connected: the first push goes out one interval later
 
-    def stop(self) -> list[float]:
+    def stop(self) -> list[tuple[float, float]]:
+        """(when sent, wall clock; milliseconds to its 202) for each accepted probe push."""
         self._conn.send("stop")
-        latencies: list[float] = self._conn.recv()
+        latencies: list[tuple[float, float]] = self._conn.recv()
         self._process.join()
         return latencies

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     optimal_batch_bytes: int = 1 * MIB
     max_wait_seconds: float = 60.0
     group_max_bytes: int = Field(
-        16 * MIB, description="payload bytes of consecutive jobs written in one transaction"
+        32 * MIB, description="payload bytes of consecutive jobs written in one transaction"
     )
     job_retention_seconds: int = 7 * 24 * 3600
     idempotency_window_seconds: int = 24 * 3600
