@@ -416,7 +416,7 @@ class DuckDBStore(Store):
 
     def claim_jobs(self, busy_datasets: set[str], joins: GroupRule) -> list[Job]:
         self._register()
-        with self._jobs_lock, self._cursor() as cur:
+        with self._jobs_lock, self._transaction() as cur:
             head = cur.execute(
                 "SELECT dataset_id FROM _pb_jobs WHERE status = 'queued'"
                 " AND NOT list_contains(?, dataset_id) ORDER BY seq LIMIT 1",
@@ -432,9 +432,7 @@ class DuckDBStore(Store):
             group = take_group([Job.model_validate_json(r[0]) for r in candidates], joins)
             for job in group:
                 mark_running(job)
-            cur.execute("BEGIN")
             self._save_jobs(cur, group)
-            cur.execute("COMMIT")
             return group
 
     @staticmethod
