@@ -81,7 +81,7 @@ def spool_bytes(svc: Services, data: bytes, content_type: str) -> Payload:
     """Bytes a dialect built, as if they had been a body."""
     if len(data) > svc.settings.max_inflated_bytes:
         raise PushbaseError("payload_too_large", "the payload is too large", 413)
-    # Written and fsync'd by `submit`, off the event loop, with the enqueue.
+    # Made durable by the store, off the event loop, when `submit` enqueues it.
     return Payload(svc.store.incoming_path(), len(data), content_type, tail=[data])
 
 

@@ -29,7 +29,7 @@ async def receive_body(request: Request, settings: Settings, target: Path) -> Pa
     """Receive the body for `target` or raise a 4xx and leave nothing behind.
 
     No file operation runs on the event loop: a body up to `SPILL_BYTES` stays in memory
-    and is written and fsync'd by `ingest.submit`, in the thread hop of the enqueue; a
+    until the store makes it durable, in the enqueue's thread hop (`ingest.submit`); a
     larger one is appended to `target` in `SPILL_BYTES` pieces from a worker thread."""
     content_type = request.headers.get("content-type")
     content_encoding = request.headers.get("content-encoding")
