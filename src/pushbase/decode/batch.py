@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from pushbase.decode.coerce import coerce_column
 from pushbase.decode.formats import PayloadFormat, inflate, parse_csv, parse_json, parse_ndjson
+from pushbase.decode.known_fields import known_field_columns
 from pushbase.infer import infer_type
 from pushbase.schema import Column, Dataset, UnknownFields, WriteMethod
 
@@ -106,6 +107,13 @@ def decode_payload(
             }
         _add_constants(raw, options, table.num_rows)
         return _build(raw, present, table.num_rows, [], dataset, method, unknown)
+    if options.columns is None and not options.drop:
+        known = known_field_columns(data, fmt, dataset)
+        if known is not None:
+            raw, present, received = known
+            present = present if method is WriteMethod.upsert else {}  # as in _from_records
+            _add_constants(raw, options, received)
+            return _build(raw, present, received, [], dataset, method)
     records = parse_json(data) if fmt is PayloadFormat.json else parse_ndjson(data)
     del data  # the caller holds no other reference: free the raw bytes before building columns
     errors: list[RowError] = []

@@ -43,6 +43,7 @@ _FAST_ZONED = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[
 TRUE_WORDS = frozenset({"true", "1", "yes"})
 FALSE_WORDS = frozenset({"false", "0", "no"})
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+UINT64_MAX = 2**64 - 1
 EPOCH = datetime(1970, 1, 1)
 
 
@@ -217,6 +218,8 @@ def coerce_value(value: Any, column: Column) -> Any:
     """The reference rule for one value; returns what the column stores."""
     if value is None:
         return None
+    if type(value) is int and not INT64_MIN <= value <= UINT64_MAX:
+        value = float(value)  # a JSON integer beyond 64 bits reads as a float, as in orjson
     kind = column.type
     if kind is ColumnType.json:
         return orjson.dumps(value).decode()

@@ -29,7 +29,7 @@ from pushbase.jobs.model import (
 )
 from pushbase.payload import Payload
 from pushbase.priority import call_in_background_thread, lower_this_thread
-from pushbase.schema import Column, ColumnType, Dataset, WriteMethod
+from pushbase.schema import Column, ColumnType, Dataset
 from pushbase.settings import Settings
 from pushbase.storage.base import GroupRule, RowQuery, Store
 from pushbase.storage.inbox import Inbox
@@ -40,6 +40,7 @@ from pushbase.storage.writer import (
     KeyConflict,
     SqlWriter,
     Work,
+    apply_optimistically,
     evolve,
     settle,
 )
@@ -566,11 +567,9 @@ class DuckDBStore(Store):
 
     # the write --------------------------------------------------------
     def apply(self, dataset: Dataset, works: list[Work]) -> list[Job]:
-        # Inserts of new keys, the common case, skip looking for stored and repeated keys.
-        try:
-            return self._apply(dataset, works, optimistic=works[0].job.method is WriteMethod.insert)
-        except KeyConflict:
-            return self._apply(dataset, works, optimistic=False)
+        return apply_optimistically(
+            works, lambda optimistic: self._apply(dataset, works, optimistic)
+        )
 
     def _apply(self, dataset: Dataset, works: list[Work], optimistic: bool) -> list[Job]:
         try:
@@ -620,24 +619,25 @@ class DuckDBWriter(SqlWriter):
         return self.cur.execute(sql).fetchall()
 
     def stage(self, staged: pa.Table) -> None:
-        if self.optimistic:
-            # One plain INSERT reads the rows once: DuckDB can scan them where they are.
-            self.cur.register(self.stg, staged)
-            return
-        source = f"src_{self.tag}"
-        self.cur.register(source, staged)
-        try:
+        with self._registered(staged) as source:
             self.cur.execute(f"CREATE TEMP TABLE {self.stg} AS SELECT * FROM {source}")
-        finally:
-            self.cur.unregister(source)
 
-    def unstage(self) -> None:
-        if not self.optimistic:
-            super().unstage()
-            return
-        # After a KeyConflict the transaction is aborted; its rollback drops the view.
-        with contextlib.suppress(duckdb.TransactionException):
-            self.cur.unregister(self.stg)
+    def insert_rows(self, staged: pa.Table, target: list[str]) -> None:
+        # One plain INSERT reads the rows once: DuckDB scans the Arrow table where it is.
+        columns = ", ".join(self.ident(name) for name in target)
+        with self._registered(staged) as source:
+            self.execute(f"INSERT INTO {self.table} ({columns}) SELECT * FROM {source}")
+
+    @contextlib.contextmanager
+    def _registered(self, table: pa.Table) -> Iterator[str]:
+        source = f"src_{self.tag}"
+        self.cur.register(source, table)
+        try:
+            yield source
+        finally:
+            # After a KeyConflict the transaction is aborted; its rollback drops the view.
+            with contextlib.suppress(duckdb.TransactionException):
+                self.cur.unregister(source)
 
     def last_value(self, value: str, mask: str | None) -> str:
         # A struct keeps an explicit null that a bare arg_max would skip.

@@ -51,7 +51,15 @@ from pushbase.settings import Settings
 from pushbase.storage.base import GroupRule, RowQuery, Store
 from pushbase.storage.spool import Spool
 from pushbase.storage.sql import job_filter, quote
-from pushbase.storage.writer import AtomicViolation, SqlWriter, Work, evolve, settle
+from pushbase.storage.writer import (
+    AtomicViolation,
+    KeyConflict,
+    SqlWriter,
+    Work,
+    apply_optimistically,
+    evolve,
+    settle,
+)
 
 SQL_TYPES = {
     ColumnType.string: "text",
@@ -556,12 +564,19 @@ class PostgresStore(Store):
             conn = self._claims.get(works[0].job.id)
         if conn is None:
             raise PushbaseError("not_claimed", f"job {works[0].job.id} is not claimed here", 500)
+        return apply_optimistically(
+            works, lambda optimistic: self._apply(conn, dataset, works, optimistic)
+        )
+
+    def _apply(
+        self, conn: psycopg.Connection, dataset: Dataset, works: list[Work], optimistic: bool
+    ) -> list[Job]:
         try:
             with conn.transaction():
                 new_columns = evolve(dataset, works)
                 if new_columns:
                     self._update_dataset(conn, dataset, new_columns)
-                writer = PostgresWriter(conn, dataset, works)
+                writer = PostgresWriter(conn, dataset, works, optimistic and not new_columns)
                 jobs = settle(writer, works[0].job.method, self.settings.max_row_errors)
                 for job in jobs:
                     self._finish(conn, job)
@@ -571,8 +586,14 @@ class PostgresStore(Store):
 
 
 class PostgresWriter(SqlWriter):
-    def __init__(self, conn: psycopg.Connection, dataset: Dataset, works: list[Work]):
-        super().__init__(dataset, works, pg_table(dataset.id))
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        dataset: Dataset,
+        works: list[Work],
+        optimistic: bool = False,
+    ) -> None:
+        super().__init__(dataset, works, pg_table(dataset.id), optimistic)
         self.conn = conn
 
     def prepare(self, staged: pa.Table) -> pa.Table:
@@ -621,11 +642,21 @@ class PostgresWriter(SqlWriter):
             else:
                 types.append(f"{name} boolean")
         self.conn.execute(f"CREATE TEMP TABLE {self.stg} ({', '.join(types)}) ON COMMIT DROP")
+        self._copy(staged, self.stg)
+
+    def insert_rows(self, staged: pa.Table, target: list[str]) -> None:
+        columns = ", ".join(self.ident(name) for name in target)
+        try:
+            self._copy(staged, f"{self.table} ({columns})")
+        except psycopg.errors.UniqueViolation as exc:
+            raise KeyConflict from exc
+
+    def _copy(self, rows: pa.Table, into: str) -> None:
         buffer = io.BytesIO()
         # Every valid value quoted: an unquoted empty field is NULL, "" the empty string.
         options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
-        pacsv.write_csv(staged, buffer, write_options=options)
-        with self.conn.cursor().copy(f"COPY {self.stg} FROM STDIN (FORMAT csv)") as copy:
+        pacsv.write_csv(rows, buffer, write_options=options)
+        with self.conn.cursor().copy(f"COPY {into} FROM STDIN (FORMAT csv)") as copy:
             copy.write(buffer.getbuffer())
 
     def last_value(self, value: str, mask: str | None) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import secrets
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -94,6 +95,11 @@ class SqlWriter(ABC):
         """Create the temporary table `self.stg` holding `staged`."""
 
     @abstractmethod
+    def insert_rows(self, staged: pa.Table, target: list[str]) -> None:
+        """Append the staged value columns (c0, c1, …) to the table's `target` columns as
+        they are; raise KeyConflict if the primary key refuses some row."""
+
+    @abstractmethod
     def last_value(self, value: str, mask: str | None) -> str:
         """Aggregate: the value of the highest `o` in the group (among rows where `mask`)."""
 
@@ -141,8 +147,13 @@ class SqlWriter(ABC):
         keyed = bool(self.dataset.unique_key)
         if method is WriteMethod.replace:
             self.stats[0].deleted = self.dml(f"DELETE FROM {self.table}")
-        if not self._stage():
+        staged = self._staged()
+        if staged is None:
             return
+        if method is WriteMethod.insert and (self.optimistic or not keyed):
+            self._insert_unchecked(staged)
+            return
+        self.stage(staged)
         try:
             if method is WriteMethod.delete:
                 self._delete()
@@ -157,8 +168,8 @@ class SqlWriter(ABC):
         finally:
             self.unstage()
 
-    def _stage(self) -> bool:
-        """Stage every job's valid rows together; False when there is nothing to write."""
+    def _staged(self) -> pa.Table | None:
+        """Every job's valid rows together; None when there is nothing to write."""
         batches = [w.batch for w in self.works if w.batch is not None]
         names = [
             c.name
@@ -196,14 +207,11 @@ class SqlWriter(ABC):
             fields += ["j", "r", "o"]
             pieces.append(pa.Table.from_arrays(arrays, names=fields))
         if not pieces:
-            return False
+            return None
         self.positions = {name: p for p, name in enumerate(names)}
         self.masked = masked
         staged = self.prepare(pa.concat_tables(pieces))
-        if staged.num_rows == 0:
-            return False
-        self.stage(staged)
-        return True
+        return staged if staged.num_rows else None
 
     def _staged_columns(self) -> tuple[str, str]:
         """(target column list, staged source list) for the columns in the batch."""
@@ -228,6 +236,14 @@ class SqlWriter(ABC):
         target, source = self._staged_columns()
         self.execute(f"INSERT INTO {self.table} ({target}) SELECT {source} FROM {self.stg}")
 
+    def _insert_unchecked(self, staged: pa.Table) -> None:
+        """Rows straight into the table, no staging table: every row is new (optimistic)
+        or the table has no key to check."""
+        self.insert_rows(staged.select([f"c{p}" for p in self.positions.values()]),
+                         list(self.positions))  # fmt: skip
+        for count in pc.value_counts(staged.column("j")).to_pylist():
+            self.stats[count["values"]].inserted = count["counts"]
+
     def _repeated_keys(self) -> bool:
         """Whether some key appears on several staged rows (a cheap hash aggregate)."""
         ((count,),) = self.fetch(
@@ -238,9 +254,6 @@ class SqlWriter(ABC):
 
     def _insert(self) -> None:
         """A key already stored, or seen earlier in the group, fails its row."""
-        if self.optimistic:
-            self._append()  # KeyConflict if some key was stored or repeated
-            return
         exists = f"EXISTS (SELECT 1 FROM {self.table} t WHERE {self._join('t', 's')})"
         self.execute(
             f"CREATE TEMP TABLE {self.mrg} AS SELECT s.*, {exists} AS _stored FROM {self.stg} s"
@@ -365,11 +378,24 @@ class SqlWriter(ABC):
         self.execute(f"DELETE FROM {self.table} t USING {self.mrg} s WHERE {self._join('t', 's')}")
 
 
+def apply_optimistically(works: list[Work], apply: Callable[[bool], list[Job]]) -> list[Job]:
+    """Run a store's `apply(optimistic)`: inserts, most often of new keys, are first
+    written without looking for stored or repeated keys; on a KeyConflict the
+    transaction is gone and they are written again the careful way."""
+    if works[0].job.method is WriteMethod.insert:
+        try:
+            return apply(True)
+        except KeyConflict:
+            pass
+    return apply(False)
+
+
 def settle(writer: SqlWriter, method: WriteMethod, max_errors: int) -> list[Job]:
     """Run the write and record each job's outcome on it; AtomicViolation rolls back."""
-    finished = datetime.now(UTC)
+    outcomes = writer.run(method)
+    finished = datetime.now(UTC)  # the rows are written: only the commit is left
     jobs = []
-    for work, (stats, write_errors) in zip(writer.works, writer.run(method), strict=True):
+    for work, (stats, write_errors) in zip(writer.works, outcomes, strict=True):
         job, batch = work.job, work.batch
         errors = sorted(
             [*(batch.errors if batch else []), *write_errors], key=lambda e: (e.row, e.column or "")
