@@ -28,6 +28,7 @@ wrong. Missed targets are reported, not enforced.
 from __future__ import annotations
 
 import argparse
+import http.client as http_client
 import itertools
 import os
 import shutil
@@ -50,6 +51,7 @@ sys.path.insert(0, str(BENCH))
 
 from baseline import run_baseline  # noqa: E402
 from probe import PROBE_DATASET, LatencyProbe  # noqa: E402
+from pushclient import PushConnection  # noqa: E402
 from report import (  # noqa: E402
     BackendRun,
     PhaseResult,
@@ -183,39 +185,39 @@ def push_all(
     """
     pushes = [Push(i, rows) for i, (_, rows) in enumerate(batches)]
     counter = itertools.count()
-    path = f"/v1/datasets/{dataset}/records"
+    path = f"/v1/datasets/{dataset}/records?method={method}"
     ready = threading.Barrier(clients + 1)
 
-    def push_one(http: httpx.Client, push: Push, body: bytes) -> None:
+    def push_one(http: PushConnection, push: Push, body: bytes) -> None:
         while True:
             sent = time.perf_counter()
             try:
-                response = http.post(path, params={"method": method}, content=body)
-            except httpx.HTTPError as exc:
+                response = http.request("POST", path, body)
+            except (OSError, http_client.HTTPException) as exc:
                 push.error = f"{type(exc).__name__}: {exc}"
                 return
             elapsed = time.perf_counter() - sent
-            if response.status_code == 429:
+            if response.status == 429:
                 push.retries += 1
                 time.sleep(float(response.headers.get("retry-after", "1") or 1))
                 continue
-            push.status = response.status_code
+            push.status = response.status
             push.acked_at = time.time()
             push.ack_ms = elapsed * 1000
-            if response.status_code in (200, 202):
+            if response.status in (200, 202):
                 doc = response.json()
                 push.job_id = doc.get("job_id") or doc.get("id")
             else:
-                push.error = f"{response.status_code} {response.text[:300]}"
+                push.error = f"{response.status} {response.text[:300]}"
             return
 
     def client_loop() -> None:
         headers = {"x-api-key": api_key, "content-type": "application/json"}
-        http = httpx.Client(base_url=url, headers=headers, timeout=300)
+        http = PushConnection(url, headers, timeout=300)
         try:
             try:
-                http.get("/readyz")  # open the keep-alive connection before the clock
-            except httpx.HTTPError:
+                http.request("GET", "/readyz")  # open the keep-alive connection before the clock
+            except (OSError, http_client.HTTPException):
                 pass  # the pushes will say what is wrong
             finally:
                 ready.wait()
