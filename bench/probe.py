@@ -12,7 +12,7 @@ import multiprocessing
 import time
 from multiprocessing.connection import Connection
 
-import httpx
+from pushclient import PushConnection
 
 PROBE_DATASET = "bench_probe"
 PROBE_INTERVAL = 0.25
@@ -21,16 +21,15 @@ PROBE_INTERVAL = 0.25
 def _probe(url: str, api_key: str, body: bytes, results: Connection) -> None:
     headers = {"x-api-key": api_key, "content-type": "application/json"}
     latencies: list[tuple[float, float]] = []  # (sent, wall clock; ms to the answer)
-    with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
-        results.send("ready")
-        while not results.poll(PROBE_INTERVAL):
-            sent_at, sent = time.time(), time.perf_counter()
-            response = http.post(
-                f"/v1/datasets/{PROBE_DATASET}/records", params={"method": "insert"},
-                content=body,
-            )  # fmt: skip
-            if response.status_code in (200, 202):
-                latencies.append((sent_at, (time.perf_counter() - sent) * 1000))
+    http = PushConnection(url, headers, timeout=60)
+    http.request("GET", "/readyz")  # connected before the first measured push
+    results.send("ready")
+    while not results.poll(PROBE_INTERVAL):
+        sent_at, sent = time.time(), time.perf_counter()
+        response = http.request("POST", f"/v1/datasets/{PROBE_DATASET}/records?method=insert", body)
+        if response.status in (200, 202):
+            latencies.append((sent_at, (time.perf_counter() - sent) * 1000))
+    http.close()
     results.send(latencies)
 
 

@@ -3,7 +3,8 @@
 The request path keeps a body of up to about a megabyte in memory and spills larger
 ones to a file in pieces (`api/intake.py`); either way nothing blocking runs on the
 event loop. The store decides where the payload becomes durable: the embedded store
-writes and fsyncs the file into its spool, PostgreSQL commits the bytes in a row.
+writes and fsyncs it into its spool as one file with the job (`save`), PostgreSQL
+commits the bytes in a row.
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def fsync_path(path: Path) -> None:
+    """fsync a file, or a folder (which makes the names in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class Payload:
     path: Path  # holds the spilled part of the body, if any; the rest is in `tail`
@@ -22,14 +32,20 @@ class Payload:
     content_encoding: str | None = None
     tail: list[bytes] = field(default_factory=list)  # received, not yet written to `path`
 
-    def make_durable(self) -> Path:
-        """Write what is still in memory, fsync, and return the file (blocking)."""
-        with self.path.open("ab") as out:
-            out.writelines(self.tail)
+    def save(self, target: Path, trailer: bytes = b"") -> None:
+        """Make `target` hold the whole body then `trailer`, fsync'd and named (blocking).
+
+        A body held in memory is written straight to `target`; a spilled one gets the
+        rest appended where it is, then is moved, never copied."""
+        spilled = self.path.exists()
+        with (self.path if spilled else target).open("ab" if spilled else "wb") as out:
+            out.writelines([*self.tail, trailer])
             out.flush()
             os.fsync(out.fileno())
         self.tail = []
-        return self.path
+        if spilled:
+            os.replace(self.path, target)
+        fsync_path(target.parent)
 
     def read(self) -> bytes:
         """The whole body (blocking)."""

@@ -29,10 +29,13 @@ _pools_lock = threading.Lock()
 def decode_job(
     job: Job, dataset: Dataset, payload: bytes | Path, max_inflated: int
 ) -> DecodedBatch:
-    """A job's payload (bytes, or a file to read them from) as the dataset's typed columns
-    and row errors. Runs in any process."""
+    """A job's payload (bytes, or a file that starts with them) as the dataset's typed
+    columns and row errors. Runs in any process."""
+    if isinstance(payload, Path):
+        with payload.open("rb") as source:
+            payload = source.read(job.bytes)  # the spool file goes on with the job document
     return decode_payload(
-        payload.read_bytes() if isinstance(payload, Path) else payload,
+        payload,
         format_for(job.content_type),
         is_gzip(job.content_encoding),
         dataset,

@@ -133,7 +133,8 @@ class Store(ABC):
     def read_payload(self, job: Job) -> bytes: ...
 
     def payload_file(self, job: Job) -> Path | None:
-        """A local file holding the payload, when the store keeps one (read it there)."""
+        """A local file whose first `job.bytes` bytes are the payload, when the store
+        keeps one (read it there)."""
         return None
 
     @abstractmethod

@@ -335,7 +335,7 @@ class DuckDBStore(Store):
                     return self.get_job(first.id) or first
             self._seq += 1
             job.seq = self._seq
-            self.inbox.accept(job, payload.make_durable() if payload is not None else None)
+            self.inbox.accept(job, payload)
         self._wake_registrar.set()
         return job
 
@@ -467,12 +467,11 @@ class DuckDBStore(Store):
             cur.unregister("_pb_saved")
 
     def payload_file(self, job: Job) -> Path | None:
-        path = self.spool.path_for(job.id)
-        return path if path.exists() else None
+        return self.spool.payload_file(job.id)
 
     def read_payload(self, job: Job) -> bytes:
         try:
-            return self.spool.read(job.id)
+            return self.spool.read(job)
         except FileNotFoundError as exc:
             raise PushbaseError("payload_missing", "the job's payload is gone", 500) from exc
 

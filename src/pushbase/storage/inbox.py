@@ -2,24 +2,21 @@
 
 An acknowledgement must not wait for DuckDB: a large write holds its commit and
 checkpoint locks for long stretches. So the embedded store accepts a job by
-making two files durable in the spool — the payload and `<job>.job`, the job
-document — and records the job in its catalog a moment later (`registered`).
-After a crash, `.job` files that the catalog lacks are recorded on start. In
+making one file durable in the spool — the payload with the job document, see
+`spool.py` — and records the job in its catalog a moment later (`registered`).
+After a crash, spool files whose job the catalog lacks are recorded on start. In
 memory it keeps what the request path asks: the pending jobs themselves, the
 idempotency keys of the last 24 hours, and the bytes waiting to be applied.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from datetime import datetime
-from pathlib import Path
 
 from pushbase.jobs.model import Job, idempotency_conflict
-from pushbase.storage.spool import Spool, fsync_path
-
-JOB_SUFFIX = ".job"
+from pushbase.payload import Payload
+from pushbase.storage.spool import Spool
 
 
 class Inbox:
@@ -30,19 +27,11 @@ class Inbox:
         self._lock = threading.Lock()
         self.waiting_bytes = 0  # payload bytes of jobs not finished
 
-    def _job_file(self, job_id: str) -> Path:
-        return self.spool.root / f"{job_id}{JOB_SUFFIX}"
-
     def recover(self, recorded: set[str]) -> list[Job]:
         """Jobs accepted before a crash whose catalog rows are missing, oldest first."""
-        jobs = []
-        for path in self.spool.root.glob(f"*{JOB_SUFFIX}"):
-            job = Job.model_validate_json(path.read_bytes())
-            if job.id in recorded:
-                path.unlink(missing_ok=True)
-            else:
-                jobs.append(job)
-                self._pending[job.id] = job
+        jobs = [job for job in self.spool.jobs() if job.id not in recorded]
+        for job in jobs:
+            self._pending[job.id] = job
         return sorted(jobs, key=lambda j: j.seq)
 
     def remember(self, job: Job) -> None:
@@ -60,16 +49,9 @@ class Inbox:
             raise idempotency_conflict(first)
         return first
 
-    def accept(self, job: Job, payload: Path | None) -> None:
-        """Make the job durable: payload and job document fsync'd, then both names."""
-        if payload is not None:
-            payload.replace(self.spool.path_for(job.id))
-        path = self._job_file(job.id)
-        with open(path, "wb") as out:
-            out.write(job.model_dump_json().encode())
-            out.flush()
-            os.fsync(out.fileno())
-        fsync_path(self.spool.root)
+    def accept(self, job: Job, payload: Payload | None) -> None:
+        """Make the job durable with its payload (blocking), then pending."""
+        self.spool.keep(job, payload)
         with self._lock:
             self._pending[job.id] = job
             if job.idempotency_key is not None:
@@ -86,12 +68,10 @@ class Inbox:
         return job.model_copy(deep=True) if job else None
 
     def registered(self, jobs: list[Job]) -> None:
-        """The catalog has these jobs now: forget the files."""
+        """The catalog has these jobs now (their files stay until they finish)."""
         with self._lock:
             for job in jobs:
                 self._pending.pop(job.id, None)
-        for job in jobs:
-            self._job_file(job.id).unlink(missing_ok=True)
 
     def finished(self, job: Job) -> None:
         with self._lock:

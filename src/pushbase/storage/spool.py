@@ -1,23 +1,34 @@
-"""Payload files on local disk, made durable before a job is acknowledged.
+"""Accepted jobs on local disk: one durable file per job, made before it is acknowledged.
 
-The request path streams a body into `incoming/`, fsyncs it, and the store
-moves it under the job's id once the job row is committed.
+`<job id>.job` holds the payload, then the job document, then a fixed footer (the
+document's length and a magic number). One file means one fsync per push: a push is
+acknowledged only once its file is fsync'd and named (DESIGN §3). The payload starts
+at offset 0 and is `job.bytes` long, so it is read without parsing anything.
+
+Request bodies too large to hold in memory are spilled to `incoming/` while they
+arrive; the store appends the document to that file and moves it here.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import struct
 from pathlib import Path
 
+from pushbase.jobs.model import Job
+from pushbase.payload import Payload
 
-def fsync_path(path: Path) -> None:
-    """fsync a file, or a folder (which makes the names in it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+JOB_SUFFIX = ".job"
+_LEGACY_SUFFIX = ".payload"  # written by earlier versions next to a `.job` document
+_FOOTER = struct.Struct("<Q8s")  # document length, magic
+_MAGIC = b"PBJOB\x00v1"
+
+
+def trailer(job: Job) -> bytes:
+    """What follows the payload in a job's file."""
+    document = job.model_dump_json().encode()
+    return document + _FOOTER.pack(len(document), _MAGIC)
 
 
 class Spool:
@@ -34,20 +45,71 @@ class Spool:
         return self.incoming / secrets.token_hex(12)
 
     def path_for(self, job_id: str) -> Path:
-        return self.root / f"{job_id}.payload"
+        return self.root / f"{job_id}{JOB_SUFFIX}"
 
-    def keep(self, incoming: Path, job_id: str) -> Path:
-        """Move an fsync'd body to its job's name and make the rename durable."""
-        target = self.path_for(job_id)
-        os.replace(incoming, target)
-        fsync_path(self.root)
-        return target
+    def payload_file(self, job_id: str) -> Path | None:
+        """The file whose first `job.bytes` bytes are the payload."""
+        for path in (self.path_for(job_id), self.root / f"{job_id}{_LEGACY_SUFFIX}"):
+            if path.exists():
+                return path
+        return None
 
-    def read(self, job_id: str) -> bytes:
-        return self.path_for(job_id).read_bytes()
+    def keep(self, job: Job, payload: Payload | None) -> None:
+        """Make the job and its payload durable in one file (blocking)."""
+        body = payload or Payload(self.new_incoming(), 0, None)
+        body.save(self.path_for(job.id), trailer(job))
+
+    def read(self, job: Job) -> bytes:
+        path = self.payload_file(job.id)
+        if path is None:
+            raise FileNotFoundError(job.id)
+        with path.open("rb") as source:
+            return source.read(job.bytes)
+
+    def jobs(self) -> list[Job]:
+        """The job documents of every complete file (a torn one was never acknowledged)."""
+        found = []
+        for path in self.root.glob(f"*{JOB_SUFFIX}"):
+            job = _read_document(path)
+            if job is None:
+                path.unlink(missing_ok=True)
+            else:
+                found.append(job)
+        return found
 
     def discard(self, job_id: str) -> None:
         self.path_for(job_id).unlink(missing_ok=True)
+        (self.root / f"{job_id}{_LEGACY_SUFFIX}").unlink(missing_ok=True)
 
     def job_ids(self) -> set[str]:
-        return {p.name.removesuffix(".payload") for p in self.root.glob("*.payload")}
+        return {
+            p.name.removesuffix(p.suffix)
+            for suffix in (JOB_SUFFIX, _LEGACY_SUFFIX)
+            for p in self.root.glob(f"*{suffix}")
+        }
+
+
+def _read_document(path: Path) -> Job | None:
+    with path.open("rb") as source:
+        size = source.seek(0, os.SEEK_END)
+        if size < _FOOTER.size:
+            return _legacy_document(path)
+        source.seek(size - _FOOTER.size)
+        length, magic = _FOOTER.unpack(source.read(_FOOTER.size))
+        if magic != _MAGIC or length > size - _FOOTER.size:
+            return _legacy_document(path)
+        source.seek(size - _FOOTER.size - length)
+        try:
+            job = Job.model_validate_json(source.read(length))
+        except ValueError:
+            return None
+    return job if job.bytes == size - _FOOTER.size - length else None
+
+
+def _legacy_document(path: Path) -> Job | None:
+    """An earlier version's `.job` file: the document alone, its payload beside it."""
+    try:
+        job = Job.model_validate_json(path.read_bytes())
+    except ValueError:
+        return None
+    return job if (path.parent / f"{job.id}{_LEGACY_SUFFIX}").exists() or not job.bytes else None
