@@ -285,3 +285,36 @@ def test_acknowledged_jobs_survive_sigkill(tmp_path, crashes: int) -> None:
         check_final_state(server, expected)
     finally:
         server.stop()
+
+
+def test_a_spool_file_cut_off_before_its_fsync_is_no_job(tmp_path) -> None:
+    """The embedded store keeps an accepted push as one file: payload, then the job
+    document and a footer. A file without a complete footer was never acknowledged: a
+    restart drops it, and every acknowledged job is still there."""
+    data = tmp_path / "data"
+    server = ServerProcess(data, log_path=tmp_path / "server.log")
+    server.start()
+    try:
+        with server.client() as http:
+            create_dataset(http)
+            response = http.post(
+                f"/v1/datasets/{DATASET}/records", params={"method": "insert", "wait": 30},
+                json=[{"k": "kept", "version": 1}],
+            )  # fmt: skip
+            assert response.status_code == 200, response.text
+        server.stop()
+        spool = data / "spool"
+        torn = spool / "job_00000000000000000000.job"
+        torn.write_bytes(b'[{"k": "torn", "version": 2}]{"id": "job_0000')  # no footer
+        empty = spool / "job_11111111111111111111.job"
+        empty.write_bytes(b"")
+
+        server.start()
+        with server.client() as http:
+            jobs = http.get("/v1/jobs", params={"dataset_id": DATASET}).json()["jobs"]
+            assert [j["status"] for j in jobs] == ["succeeded"]
+            rows = http.get(f"/v1/datasets/{DATASET}/records").json()["rows"]
+            assert [r["k"] for r in rows] == ["kept"]
+        assert not torn.exists() and not empty.exists()
+    finally:
+        server.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import orjson
 import pytest
 
@@ -188,3 +190,48 @@ def test_a_body_of_several_mib_lands_whole_and_keeps_its_idempotency(people):
     stored = rows_of(people, "people", limit=1, order_by="-id")
     assert stored == [{"id": 59_999, "name": "person 0059999 " + "x" * 40,
                        "score": None, "joined": None}]  # fmt: skip
+
+
+def test_flat_records_and_the_same_records_enveloped_decode_alike(client):
+    """An array of flat records of known fields takes a fast decoder; `{"data": [...]}`
+    takes the general one. Values, row errors and stats must not tell them apart."""
+    columns = [
+        {"name": "id", "type": "integer"},
+        {"name": "name"},
+        {"name": "score", "type": "number"},
+        {"name": "ok", "type": "boolean"},
+        {"name": "at", "type": "datetime"},
+        {"name": "must", "nullable": False},
+    ]
+    big = 123456789012345678901234567890  # beyond 64 bits: read as a float, like orjson
+    rows = [
+        {"id": 1, "name": "a", "score": 1, "ok": True, "at": "2024-01-01T00:00:00Z", "must": "x"},
+        {"id": 2, "name": 5, "score": "2.5", "ok": "yes", "must": "y"},
+        {"id": 3, "score": "abc", "must": "z"},
+        {"id": None, "must": "w"},
+        {"id": 4, "must": None},
+        {"id": 5, "name": big, "score": big, "must": "q"},
+        {"id": 6, "ok": 2, "at": "yesterday", "must": "r"},
+    ]
+    jobs = {}
+    for dataset, body in (("flat", rows), ("wrapped", {"data": rows})):
+        create_dataset(client, dataset, columns, unique_key=["id"])
+        jobs[dataset] = push(client, dataset, json.dumps(body).encode())  # orjson: no big ints
+    flat, wrapped = jobs["flat"], jobs["wrapped"]
+    assert flat["stats"] == wrapped["stats"]
+    assert flat["stats"]["inserted"] == 3 and flat["stats"]["failed"] == 4
+    assert flat["errors"] == wrapped["errors"]
+    assert [(e["row"], e["code"]) for e in flat["errors"]] == [
+        (2, "invalid_value"),
+        (3, "missing_key"),
+        (4, "null_not_allowed"),
+        (6, "invalid_value"),
+        (6, "invalid_value"),
+    ]
+    stored = rows_of(client, "flat", order_by="id")
+    assert stored == rows_of(client, "wrapped", order_by="id")
+    assert [(r["id"], r["name"], r["score"], r["ok"]) for r in stored] == [
+        (1, "a", 1.0, True),
+        (2, "5", 2.5, True),
+        (5, "1.2345678901234568e+29", float(big), None),
+    ]
