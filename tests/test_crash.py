@@ -318,3 +318,40 @@ def test_a_spool_file_cut_off_before_its_fsync_is_no_job(tmp_path) -> None:
         assert not torn.exists() and not empty.exists()
     finally:
         server.stop()
+
+
+def test_a_queued_job_spooled_by_an_earlier_version_still_runs(tmp_path) -> None:
+    """Earlier versions kept a recorded job's payload alone in `<job id>.payload`. A
+    data directory stopped with such a job queued must still apply it after upgrading."""
+    data = tmp_path / "data"
+    server = ServerProcess(data, workers=0, log_path=tmp_path / "server.log")
+    server.start()
+    try:
+        with server.client() as http:
+            create_dataset(http)
+            response = http.post(
+                f"/v1/datasets/{DATASET}/records", params={"method": "insert"},
+                json=[{"k": "old", "version": 1}],
+            )  # fmt: skip
+            assert response.status_code == 202, response.text
+            job_id = response.json()["job_id"]
+            size = http.get(f"/v1/jobs/{job_id}").json()["bytes"]
+        server.stop()  # a clean stop records the job in the catalog as queued
+        spooled = data / "spool" / f"{job_id}.job"
+        (data / "spool" / f"{job_id}.payload").write_bytes(spooled.read_bytes()[:size])
+        spooled.unlink()
+
+        upgraded = ServerProcess(data, log_path=tmp_path / "server2.log")
+        upgraded.start()
+        try:
+            docs = wait_all(upgraded, [job_id])
+            assert docs[job_id]["status"] == "succeeded", docs[job_id]
+            assert docs[job_id]["stats"]["inserted"] == 1
+            with upgraded.client() as http:
+                rows = http.get(f"/v1/datasets/{DATASET}/records").json()["rows"]
+            assert [r["k"] for r in rows] == ["old"]
+            assert not (data / "spool" / f"{job_id}.payload").exists()  # gone with its job
+        finally:
+            upgraded.stop()
+    finally:
+        server.stop()

@@ -56,7 +56,7 @@ class Spool:
 
     def keep(self, job: Job, payload: Payload | None) -> None:
         """Make the job and its payload durable in one file (blocking)."""
-        body = payload or Payload(self.new_incoming(), 0, None)
+        body = payload or Payload(self.new_incoming(), 0, None)  # delete-all: no body
         body.save(self.path_for(job.id), trailer(job))
 
     def read(self, job: Job) -> bytes:
