@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from fastapi.concurrency import run_in_threadpool
 
+from pushbase.admission import Admission
 from pushbase.decode import DecodeOptions
 from pushbase.errors import PushbaseError
 from pushbase.jobs.model import Job
@@ -30,6 +31,7 @@ class Services:
     settings: Settings
     store: Store
     runner: JobRunner
+    admission: Admission
 
 
 @dataclass
@@ -107,6 +109,11 @@ async def submit(svc: Services, submission: Submission, wait: float = 0) -> Job:
     window = datetime.now(UTC) - timedelta(seconds=svc.settings.idempotency_window_seconds)
     job = await run_in_threadpool(_durably_enqueue, svc, job, submission, window)
     svc.runner.notify()
+    return await finished_within(svc, job, wait)
+
+
+async def finished_within(svc: Services, job: Job, wait: float) -> Job:
+    """The job as it is after up to `wait` seconds (less if it finishes sooner)."""
     if wait > 0 and not job.status.finished:
         done = await svc.runner.wait(job.id, min(wait, svc.settings.max_wait_seconds))
         if done is not None:

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     queue_max_bytes: int = 1024 * MIB
     optimal_batch_bytes: int = 1 * MIB
     max_wait_seconds: float = 60.0
+    intake_per_dataset: int = Field(
+        2, ge=1, description="pushes to one dataset received at once; more wait their turn"
+    )
     group_max_bytes: int = Field(
         32 * MIB, description="payload bytes of consecutive jobs written in one transaction"
     )

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from pushbase import __version__
+from pushbase.admission import Admission
 from pushbase.api import datasets, errors, jobs, keys, records, system
 from pushbase.auth import Scope
 from pushbase.console import router as console_router
@@ -39,7 +40,7 @@ def create_app(settings: Settings | None = None, workers: int | None = None) -> 
         store = open_store(settings)
         await run_in_threadpool(store.open)
         runner = JobRunner(store, settings)
-        svc = Services(settings=settings, store=store, runner=runner)
+        svc = Services(settings, store, runner, Admission(settings.intake_per_dataset))
         app.state.services = svc
         secret = await run_in_threadpool(bootstrap_admin_key, svc)
         if secret:

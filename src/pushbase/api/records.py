@@ -21,7 +21,7 @@ from pushbase.api.responses import JSON, table_rows
 from pushbase.auth import ApiKey, Scope
 from pushbase.decode.coerce import ARROW_TYPES, CoerceError, coerce_value
 from pushbase.errors import PushbaseError
-from pushbase.ingest import Submission, check_queue, submit
+from pushbase.ingest import Submission, check_queue, finished_within, submit
 from pushbase.jobs.model import Job
 from pushbase.schema import ColumnType, Dataset, WriteMethod
 from pushbase.storage.base import RowQuery
@@ -76,12 +76,14 @@ async def push(
     if method is WriteMethod.delete and not dataset.unique_key:
         raise PushbaseError("no_unique_key", "delete needs a dataset with a unique key", 400)
     declared = request.headers.get("content-length", "")
-    await catalog(svc, check_queue, svc, int(declared) if declared.isdigit() else 0)
-    payload = await receive_body(request, svc.settings, svc.store.incoming_path())
-    submission = Submission(
-        dataset, method, payload, idempotency_key=idempotency_key, atomic=atomic
-    )
-    return job_answer(request, await submit(svc, submission, wait))
+    async with svc.admission.slot(dataset.id):
+        await catalog(svc, check_queue, svc, int(declared) if declared.isdigit() else 0)
+        payload = await receive_body(request, svc.settings, svc.store.incoming_path())
+        submission = Submission(
+            dataset, method, payload, idempotency_key=idempotency_key, atomic=atomic
+        )
+        job = await submit(svc, submission)  # durable: the slot is free for the next push
+    return job_answer(request, await finished_within(svc, job, wait))
 
 
 @router.delete(
