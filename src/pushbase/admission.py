@@ -22,9 +22,7 @@ class Admission:
     @asynccontextmanager
     async def slot(self, dataset_id: str) -> AsyncIterator[None]:
         """Hold one of the dataset's slots (waits, first come first served)."""
-        gate, users = self._gates.setdefault(
-            dataset_id, (asyncio.Semaphore(self.per_dataset), [0])
-        )
+        gate, users = self._gates.setdefault(dataset_id, (asyncio.Semaphore(self.per_dataset), [0]))
         users[0] += 1
         try:
             async with gate:
