@@ -16,6 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from pushbase.decode import DecodedBatch
 from pushbase.errors import PushbaseError
@@ -27,7 +28,9 @@ from pushbase.storage import Store
 log = logging.getLogger("pushbase.jobs")
 
 Decoder = Callable[[Job, Dataset], DecodedBatch]
+Ready = tuple[str, DecodedBatch | PushbaseError, int, float]  # schema key, result, bytes, when
 STALE_SECONDS = 120
+IN_FLIGHT = 2  # decodes handed to the decoding processes at once
 
 
 def schema_key(dataset: Dataset) -> str:
@@ -44,19 +47,23 @@ class DecodeAhead:
         self.max_jobs = max_jobs
         self._lock = threading.Lock()
         # job id → (schema key, batch or the decode error, payload bytes, when)
-        self._ready: dict[str, tuple[str, DecodedBatch | PushbaseError, int, float]] = {}
+        self._ready: dict[str, Ready] = {}
         self._busy: dict[str, threading.Event] = {}
         self._tasks: queue.Queue[tuple[Dataset, int]] = queue.Queue(maxsize=4)
         self._thread = threading.Thread(
             target=self._loop, name="pushbase-decode-ahead", daemon=True
         )
         self._stopping = threading.Event()
+        self._in_flight = ThreadPoolExecutor(
+            IN_FLIGHT, thread_name_prefix="pushbase-decode-ahead", initializer=lower_this_thread
+        )
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
+        self._in_flight.shutdown(wait=False)
 
     def request(self, dataset: Dataset, after_seq: int) -> None:
         """Ask for the queued jobs after `after_seq` to be decoded (never blocks)."""
@@ -98,21 +105,44 @@ class DecodeAhead:
 
     def _decode_after(self, dataset: Dataset, after_seq: int) -> None:
         key = schema_key(dataset)
-        for job in self.store.queued_after(dataset.id, after_seq, self.max_jobs):
-            with self._lock:
+        claimed: list[tuple[Job, threading.Event]] = []
+        queued = self.store.queued_after(dataset.id, after_seq, self.max_jobs)
+        with self._lock:
+            planned = self._used_bytes()
+            for job in queued:
                 if job.id in self._ready or job.id in self._busy:
                     continue
-                if self._used_bytes() + job.bytes > self.budget:
-                    return
-                done = self._busy[job.id] = threading.Event()
+                if planned + job.bytes > self.budget:
+                    break
+                planned += job.bytes
+                claimed.append((job, self._busy.setdefault(job.id, threading.Event())))
+        # Two decodes in flight: the decoding process starts the next payload as soon as
+        # it has sent one back, instead of idling while the result travels and is unpickled.
+        futures = []
+        for position, (job, done) in enumerate(claimed):
             try:
-                try:
-                    result: DecodedBatch | PushbaseError = self.decode(job, dataset)
-                except PushbaseError as exc:
-                    result = exc
-                with self._lock:
-                    self._ready[job.id] = (key, result, job.bytes, time.monotonic())
-            finally:
-                with self._lock:
-                    del self._busy[job.id]
-                done.set()
+                futures.append(self._in_flight.submit(self._decode_one, job, done, dataset, key))
+            except RuntimeError:  # stopping: nobody waits for the rest
+                for unsent, event in claimed[position:]:
+                    self._settle(unsent, event, None)
+                break
+        wait(futures)
+
+    def _decode_one(self, job: Job, done: threading.Event, dataset: Dataset, key: str) -> None:
+        entry: Ready | None = None  # none: the worker decodes the job itself
+        try:
+            result: DecodedBatch | PushbaseError = self.decode(job, dataset)
+            entry = (key, result, job.bytes, time.monotonic())
+        except PushbaseError as exc:  # kept: the worker reports it as the job's error
+            entry = (key, exc, job.bytes, time.monotonic())
+        except Exception:
+            log.exception("decoding job %s ahead failed", job.id)
+        finally:
+            self._settle(job, done, entry)
+
+    def _settle(self, job: Job, done: threading.Event, entry: Ready | None) -> None:
+        with self._lock:
+            if entry is not None:
+                self._ready[job.id] = entry
+            del self._busy[job.id]
+        done.set()
