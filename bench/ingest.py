@@ -422,6 +422,28 @@ def warm_up(url: str, api_key: str, workload: Workload, label: str) -> None:
 # -- one backend on one fresh server ---------------------------------------------------
 
 
+def quiet_machine(postgres: bool) -> None:
+    """Finish the previous run's deferred I/O before the next clock starts.
+
+    A PostgreSQL run leaves about a gigabyte of dirty buffers and WAL that the server's
+    checkpointer writes out over the next minutes, and a removed data directory leaves
+    the kernel's writeback: either would land in whichever run comes next and slow
+    its fsyncs and CPU. A `CHECKPOINT` and a `sync` do that work now, off the clock.
+    """
+    started = time.perf_counter()
+    if postgres:
+        import psycopg
+
+        try:
+            with psycopg.connect(PG_URL, autocommit=True, connect_timeout=5) as conn:
+                conn.execute("CHECKPOINT")
+        except psycopg.Error as exc:  # not a superuser, or no server: measure anyway
+            print(f"[bench] no CHECKPOINT before the run ({exc})", flush=True)
+    os.sync()
+    time.sleep(1.0)  # let the flushers finish what `sync` started
+    print(f"[bench] quiet machine: flushed in {time.perf_counter() - started:.1f}s", flush=True)
+
+
 def drop_pg_schema(schema: str) -> None:
     import psycopg
 
@@ -606,8 +628,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_baseline:
             size = write_ndjson(insert_keys(args.rows), 1, ndjson)
             print(f"[baseline] wrote {ndjson} ({size / 1e6:.1f} MB)", flush=True)
+        pg_used = "postgres" in backends and not args.url
         for run in range(1, args.repeat + 1):
             if not args.no_baseline:
+                quiet_machine(pg_used)
                 b = run_baseline(ndjson, args.rows, workdir)
                 baseline.append(b.rows_per_s)
                 print(
@@ -616,6 +640,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
             for backend in backends:
+                quiet_machine(pg_used)
                 runs.append(bench_backend(args, backend, run, workload, workdir))
     finally:
         if args.keep:
