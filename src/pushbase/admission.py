@@ -22,7 +22,9 @@ class Admission:
     @asynccontextmanager
     async def slot(self, dataset_id: str) -> AsyncIterator[None]:
         """Hold one of the dataset's slots (waits, first come first served)."""
-        gate, users = self._gates.setdefault(dataset_id, (asyncio.Semaphore(self.per_dataset), [0]))
+        if dataset_id not in self._gates:
+            self._gates[dataset_id] = (asyncio.Semaphore(self.per_dataset), [0])
+        gate, users = self._gates[dataset_id]  # users: pushes holding or awaiting a slot
         users[0] += 1
         try:
             async with gate:
