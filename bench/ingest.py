@@ -425,10 +425,10 @@ def warm_up(url: str, api_key: str, workload: Workload, label: str) -> None:
 def quiet_machine(postgres: bool) -> None:
     """Finish the previous run's deferred I/O before the next clock starts.
 
-    A PostgreSQL run leaves about a gigabyte of dirty buffers and WAL that the server's
-    checkpointer writes out over the next minutes, and a removed data directory leaves
-    the kernel's writeback: either would land in whichever run comes next and slow
-    its fsyncs and CPU. A `CHECKPOINT` and a `sync` do that work now, off the clock.
+    A PostgreSQL run leaves dirty buffers that the server's checkpointer writes out over
+    the next minutes, and a removed data directory leaves the kernel's writeback: either
+    would land in whichever run comes next and slow its fsyncs and CPU. A `CHECKPOINT`
+    and a `sync` do that work now, off the clock.
     """
     started = time.perf_counter()
     if postgres:
