@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     duckdb_checkpoint_mb: int = Field(
         256, ge=1, description="embedded store: write-ahead log size that triggers a checkpoint"
     )
+    duckdb_idle_checkpoint_mb: int = Field(
+        32, ge=0, description="embedded store: log size checkpointed when no job runs (0: never)"
+    )
 
     @property
     def spool_dir(self) -> Path:

@@ -111,7 +111,7 @@ class JobRunner:
         while not self._stopping.is_set():
             group = self._claim()
             if not group:
-                self._maybe_purge()
+                self._housekeeping()
                 with self._wake:
                     self._wake.wait(IDLE_POLL_SECONDS)
                 continue
@@ -212,6 +212,16 @@ class JobRunner:
 
     def _fail(self, job: Job, code: str, message: str) -> Job:
         return self.store.fail_job(job, JobError(code=code, message=message))
+
+    def _housekeeping(self) -> None:
+        self._maybe_purge()
+        with self._busy_lock:  # no group is claimed while the store tidies up
+            if self._busy:
+                return
+            try:
+                self.store.idle()
+            except Exception:
+                log.exception("store housekeeping failed")
 
     def _maybe_purge(self) -> None:
         now = time.monotonic()

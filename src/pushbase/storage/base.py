@@ -164,3 +164,8 @@ class Store(ABC):
     @abstractmethod
     def pending_bytes(self) -> int:
         """Payload bytes of jobs not yet finished (for backpressure)."""
+
+    @abstractmethod
+    def idle(self) -> None:
+        """No job is running and none could be claimed: a moment for housekeeping that
+        would otherwise fall on a job's commit."""

@@ -558,6 +558,9 @@ class PostgresStore(Store):
                 "SELECT coalesce(sum(bytes), 0) FROM _pb_jobs WHERE status IN ('queued', 'running')"
             ).fetchone()[0]
 
+    def idle(self) -> None:
+        pass  # PostgreSQL's own checkpointer and autovacuum need no quiet moment from us
+
     # the write --------------------------------------------------------
     def apply(self, dataset: Dataset, works: list[Work]) -> list[Job]:
         with self._claims_lock:
