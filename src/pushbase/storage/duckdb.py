@@ -74,8 +74,12 @@ MIGRATIONS: list[list[str]] = [
 REGISTER_COALESCE_SECONDS = 0.05
 
 
-def column_ddl(column: Column) -> str:
+def column_ddl(column: Column, key: bool = False) -> str:
     ddl = f"{quote(column.name)} {SQL_TYPES[column.type]}"
+    if key:
+        # A row deleted or replaced leaves the index when its key is read back, one row at
+        # a time: from a compressed segment that costs ~17 µs a row, uncompressed ~2 µs.
+        ddl += " USING COMPRESSION uncompressed"
     return ddl if column.nullable else f"{ddl} NOT NULL"
 
 
@@ -207,7 +211,7 @@ class DuckDBStore(Store):
 
     # datasets ---------------------------------------------------------
     def create_dataset(self, dataset: Dataset) -> None:
-        columns = ", ".join(column_ddl(c) for c in dataset.columns)
+        columns = ", ".join(column_ddl(c, c.name in dataset.unique_key) for c in dataset.columns)
         if dataset.unique_key:
             columns += f", PRIMARY KEY ({', '.join(quote(k) for k in dataset.unique_key)})"
         try:
