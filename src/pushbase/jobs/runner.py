@@ -30,6 +30,7 @@ log = logging.getLogger("pushbase.jobs")
 IDLE_POLL_SECONDS = 0.5
 GROUPABLE = (WriteMethod.insert, WriteMethod.upsert, WriteMethod.delete)
 PURGE_EVERY_SECONDS = 600
+QUIET_SECONDS = 1.0  # no job claimed for this long: the store may tidy up
 
 
 class JobRunner:
@@ -44,6 +45,7 @@ class JobRunner:
         self._finished: dict[str, threading.Event] = {}
         self._finished_lock = threading.Lock()
         self._last_purge = 0.0
+        self._last_claim = 0.0
         self._decoder = Decoder(settings.decode_processes, settings.max_inflated_bytes)
         self._ahead = DecodeAhead(store, self._decode, settings.group_max_bytes, MAX_GROUP_JOBS)
 
@@ -138,6 +140,7 @@ class JobRunner:
                 return []
             if group:
                 self._busy.add(group[0].dataset_id)
+                self._last_claim = time.monotonic()
             return group
 
     def _joins(self, group: list[Job], job: Job) -> bool:
@@ -216,7 +219,9 @@ class JobRunner:
     def _housekeeping(self) -> None:
         self._maybe_purge()
         with self._busy_lock:  # no group is claimed while the store tidies up
-            if self._busy:
+            # Only once pushes have stopped: a steady trickle of small jobs is never idle
+            # for long, and tidying up between them would cost more than it saves.
+            if self._busy or time.monotonic() - self._last_claim < QUIET_SECONDS:
                 return
             try:
                 self.store.idle()

@@ -167,5 +167,5 @@ class Store(ABC):
 
     @abstractmethod
     def idle(self) -> None:
-        """No job is running and none could be claimed: a moment for housekeeping that
-        would otherwise fall on a job's commit."""
+        """No job has been claimed for a moment and none is running: a time for
+        housekeeping that would otherwise fall on a job's commit."""
