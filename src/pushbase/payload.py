@@ -32,8 +32,9 @@ class Payload:
     content_encoding: str | None = None
     tail: list[bytes] = field(default_factory=list)  # received, not yet written to `path`
 
-    def save(self, target: Path, trailer: bytes = b"") -> None:
-        """Make `target` hold the whole body then `trailer`, fsync'd and named (blocking).
+    def save(self, target: Path, trailer: bytes = b"", durable: bool = True) -> None:
+        """Make `target` hold the whole body then `trailer`, fsync'd and named (blocking;
+        not fsync'd when not `durable`).
 
         A body held in memory is written straight to `target`; a spilled one gets the
         rest appended where it is, then is moved, never copied."""
@@ -41,11 +42,13 @@ class Payload:
         with (self.path if spilled else target).open("ab" if spilled else "wb") as out:
             out.writelines([*self.tail, trailer])
             out.flush()
-            os.fsync(out.fileno())
+            if durable:
+                os.fsync(out.fileno())
         self.tail = []
         if spilled:
             os.replace(self.path, target)
-        fsync_path(target.parent)
+        if durable:
+            fsync_path(target.parent)
 
     def read(self) -> bytes:
         """The whole body (blocking)."""

@@ -55,6 +55,7 @@ class JobRunner:
         if recovered:
             log.info("requeued %d jobs left running by a previous process", recovered)
         if workers:
+            self.store.prepare_to_run()
             self._ahead.start()
         for number in range(workers):
             thread = threading.Thread(

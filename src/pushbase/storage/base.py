@@ -166,6 +166,10 @@ class Store(ABC):
         """Payload bytes of jobs not yet finished (for backpressure)."""
 
     @abstractmethod
+    def prepare_to_run(self) -> None:
+        """Workers will run jobs in this process (a process may also only accept them)."""
+
+    @abstractmethod
     def idle(self) -> None:
         """No job has been claimed for a moment and none is running: a time for
         housekeeping that would otherwise fall on a job's commit."""

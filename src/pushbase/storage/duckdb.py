@@ -169,6 +169,9 @@ class DuckDBStore(Store):
             self._db.close()
             self._db = None
 
+    def prepare_to_run(self) -> None:
+        pass  # one process accepts and runs every job; its spool serves both
+
     def idle(self) -> None:
         # DuckDB checkpoints on the commit that takes its log past `checkpoint_threshold`,
         # and that commit waits for the rewrite (1.6 s seen with 1.5M keyed rows): a

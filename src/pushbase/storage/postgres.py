@@ -49,6 +49,7 @@ from pushbase.payload import Payload
 from pushbase.schema import Column, ColumnType, Dataset
 from pushbase.settings import Settings
 from pushbase.storage.base import GroupRule, RowQuery, Store
+from pushbase.storage.copies import PayloadCopies
 from pushbase.storage.spool import Spool
 from pushbase.storage.sql import job_filter, quote
 from pushbase.storage.writer import (
@@ -123,6 +124,8 @@ class PostgresStore(Store):
         self.settings = settings
         self.schema = settings.database_schema
         self.spool = Spool(settings.data_dir / "incoming-pg")  # request bodies before commit
+        self.copies = PayloadCopies(settings.data_dir / "incoming-pg" / "copies")
+        self._keep_copies = False  # only where workers run, or no one would read or drop them
         self.pool: ConnectionPool | None = None
         self._claims: dict[str, psycopg.Connection] = {}  # job id → connection holding its lock
         self._claims_lock = threading.Lock()
@@ -130,6 +133,7 @@ class PostgresStore(Store):
     # life cycle -------------------------------------------------------
     def open(self) -> None:
         self.spool.prepare()
+        self.copies.prepare()
         url = self.settings.database_url
         assert url
         with psycopg.connect(url, autocommit=True) as conn:
@@ -344,6 +348,18 @@ class PostgresStore(Store):
 
     def enqueue(self, job: Job, payload: Payload | None, window_start: datetime) -> Job:
         data = payload.read() if payload is not None else None  # durable once committed
+        if payload is not None and self._keep_copies:
+            self.copies.keep(job.id, payload)  # before the commit: complete once it is seen
+        try:
+            recorded = self._record(job, data, window_start)
+        except BaseException:
+            self.copies.drop(job.id)
+            raise
+        if recorded.id != job.id:  # an earlier push with the same idempotency key
+            self.copies.drop(job.id)
+        return recorded
+
+    def _record(self, job: Job, data: bytes | None, window_start: datetime) -> Job:
         with self._conn() as conn:
             if job.idempotency_key is None:
                 job.seq = self._insert_job(conn, job, data)
@@ -507,6 +523,12 @@ class PostgresStore(Store):
             [job.status.value, job.model_dump_json(), job.id],
         )
 
+    def prepare_to_run(self) -> None:
+        self._keep_copies = True
+
+    def payload_file(self, job: Job) -> Path | None:
+        return self.copies.path(job)
+
     def read_payload(self, job: Job) -> bytes:
         with self._conn() as conn:
             row = conn.execute(
@@ -536,11 +558,13 @@ class PostgresStore(Store):
             job.status, job.finished_at = JobStatus.cancelled, datetime.now(UTC)
             self._save_job(conn, job)
             conn.execute("DELETE FROM _pb_payloads WHERE job_id = %s", [job_id])
+        self.copies.drop(job_id)
         return job
 
     def _finish(self, conn: psycopg.Connection, job: Job) -> None:
         self._save_job(conn, job)
         conn.execute("DELETE FROM _pb_payloads WHERE job_id = %s", [job.id])
+        self.copies.drop(job.id)  # if the transaction fails, the job runs again from the row
 
     def fail_job(self, job: Job, error: JobError, errors: list[RowError] | None = None) -> Job:
         job.status, job.phase, job.error = JobStatus.failed, None, error
@@ -571,7 +595,17 @@ class PostgresStore(Store):
             ).fetchone()[0]
 
     def idle(self) -> None:
-        pass  # PostgreSQL's own checkpointer and autovacuum need no quiet moment from us
+        # Copies of jobs another process ran are never dropped by this one's workers.
+        kept = self.copies.job_ids()
+        if not kept:
+            return
+        with self._conn() as conn:
+            live = conn.execute(
+                "SELECT id FROM _pb_jobs WHERE id = ANY(%s) AND status IN ('queued', 'running')",
+                [list(kept)],
+            ).fetchall()
+        for job_id in kept - {r[0] for r in live}:
+            self.copies.drop(job_id)
 
     # the write --------------------------------------------------------
     def apply(self, dataset: Dataset, works: list[Work]) -> list[Job]:
