@@ -596,7 +596,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-delete", action="store_true", help="skip the delete phase")
     parser.add_argument("--no-warmup", action="store_true", help="time the phases on a cold server")
     parser.add_argument("--job-timeout", type=float, default=1800.0)
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary directory and PostgreSQL schema"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rows = QUICK_ROWS
