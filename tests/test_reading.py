@@ -53,6 +53,21 @@ def test_order_by_one_or_more_columns(filled):
     ]
 
 
+def test_strings_sort_bytewise_on_every_store(client):
+    create_dataset(client, "names", [{"name": "name", "type": "string"}], unique_key=["name"])
+    push(client, "names", [{"name": n} for n in ["b", "é", "B", "a", "A", "Z", "10", "9"]])
+    assert [r["name"] for r in rows_of(client, "names")] == [
+        "10",
+        "9",
+        "A",
+        "B",
+        "Z",
+        "a",
+        "b",
+        "é",
+    ]
+
+
 def test_equality_filters_are_typed(filled):
     assert [r["id"] for r in rows_of(filled, "t", city="Rome", active="true")] == [4, 10, 16, 22]
     assert [r["id"] for r in rows_of(filled, "t", id="7")] == [7]
