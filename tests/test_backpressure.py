@@ -3,6 +3,7 @@ never drops what it accepted; memory stays bounded under a burst of large pushes
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 
@@ -10,6 +11,7 @@ import httpx
 import orjson
 import pytest
 
+from conftest import PG_URL, create_dataset, drop_schema, make_client, postgres_or_skip
 from serverproc import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -158,3 +160,53 @@ def test_a_push_to_a_quiet_dataset_is_answered_while_a_busy_one_waits_its_turn(t
     finally:
         release.set()
         server.kill()
+
+
+def test_processes_over_one_postgresql_share_the_queue_figure(tmp_path):
+    """Every process refuses pushes once the shared queue is full, whichever process
+    accepted the bytes, and accepts them again once the jobs are done."""
+    postgres_or_skip()
+    schema = f"pbt_{secrets.token_hex(6)}"
+    shared = {"database_url": PG_URL, "database_schema": schema, "queue_max_bytes": 2_500}
+    row = orjson.dumps([{"n": 1, "text": "x" * 980}])  # about 1 kB
+    assert 900 < len(row) < 1_100
+    try:
+        with (
+            make_client({"data_dir": tmp_path / "a", **shared}, workers=0) as first,
+            make_client({"data_dir": tmp_path / "b", **shared}, workers=0) as second,
+        ):
+            create_dataset(first, "shared", [{"name": "n", "type": "integer"}, {"name": "text"}])
+
+            def status(api) -> int:
+                response = api.post("/v1/datasets/shared/records?method=insert", content=row,
+                                    headers={"content-type": "application/json"})  # fmt: skip
+                if response.status_code == 429:
+                    assert response.json()["error"]["code"] == "queue_full"
+                    assert response.headers["retry-after"] == "1"
+                return response.status_code
+
+            def pending(api) -> int:
+                lines = api.get("/metrics").text.splitlines()
+                return next(int(line.split()[1]) for line in lines
+                            if line.startswith("pushbase_pending_bytes "))  # fmt: skip
+
+            assert [status(first), status(first), status(first)] == [202, 202, 429]
+            # The other process, which accepted nothing, learns of those bytes in a second.
+            deadline = time.monotonic() + 3
+            while pending(second) < 2 * len(row):
+                assert time.monotonic() < deadline, "the second process never saw a full queue"
+                time.sleep(0.05)
+            assert status(second) == 429
+
+            with make_client({"data_dir": tmp_path / "c", **shared}, workers=2) as worker:
+                deadline = time.monotonic() + 30
+                while worker.get("/v1/datasets/shared").json()["row_count"] < 2:
+                    assert time.monotonic() < deadline, "the queued jobs never ran"
+                    time.sleep(0.05)
+            deadline = time.monotonic() + 3
+            while pending(first) or pending(second):
+                assert time.monotonic() < deadline, "the drained queue still looks full"
+                time.sleep(0.05)
+            assert [status(first), status(second)] == [202, 202]
+    finally:
+        drop_schema(schema)

@@ -163,7 +163,10 @@ class Store(ABC):
 
     @abstractmethod
     def pending_bytes(self) -> int:
-        """Payload bytes of jobs not yet finished (for backpressure)."""
+        """Payload bytes of jobs not yet finished (for backpressure).
+
+        Every push asks, so a figure up to a second old will do: a store may answer
+        from memory rather than wait for a busy database."""
 
     @abstractmethod
     def prepare_to_run(self) -> None:

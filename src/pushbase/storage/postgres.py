@@ -50,6 +50,7 @@ from pushbase.schema import Column, ColumnType, Dataset
 from pushbase.settings import Settings
 from pushbase.storage.base import GroupRule, RowQuery, Store
 from pushbase.storage.copies import PayloadCopies
+from pushbase.storage.gauge import QueueGauge
 from pushbase.storage.spool import Spool
 from pushbase.storage.sql import job_filter, quote
 from pushbase.storage.writer import (
@@ -72,6 +73,8 @@ SQL_TYPES = {
     ColumnType.json: "jsonb",
 }
 MAX_IDENTIFIER_BYTES = 63
+QUEUE_MAX_AGE_SECONDS = 0.25  # how stale the backpressure figure may get under load
+QUEUE_TRUST_SECONDS = 1.0  # older than this, it is measured again before use
 
 
 def stored_type(column_type: ColumnType) -> str:
@@ -138,6 +141,9 @@ class PostgresStore(Store):
         self.pool: ConnectionPool | None = None
         self._claims: dict[str, psycopg.Connection] = {}  # job id → connection holding its lock
         self._claims_lock = threading.Lock()
+        self.queue = QueueGauge(
+            self._measure_pending_bytes, QUEUE_MAX_AGE_SECONDS, QUEUE_TRUST_SECONDS
+        )
 
     # life cycle -------------------------------------------------------
     def open(self) -> None:
@@ -166,6 +172,7 @@ class PostgresStore(Store):
                 for statement in statements:
                     conn.execute(statement)
                 conn.execute("INSERT INTO _pb_version VALUES (%s)", [version])
+        self.queue.refresh()
 
     def _configure(self, conn: psycopg.Connection) -> None:
         conn.execute(f"SET search_path TO {quote(self.schema)}")
@@ -366,6 +373,8 @@ class PostgresStore(Store):
             raise
         if recorded.id != job.id:  # an earlier push with the same idempotency key
             self.copies.drop(job.id)
+        else:
+            self.queue.added(job.bytes)
         return recorded
 
     def _record(self, job: Job, data: bytes | None, window_start: datetime) -> Job:
@@ -568,6 +577,7 @@ class PostgresStore(Store):
             self._save_job(conn, job)
             conn.execute("DELETE FROM _pb_payloads WHERE job_id = %s", [job_id])
         self.copies.drop(job_id)
+        self.queue.removed(job.bytes)
         return job
 
     def _finish(self, conn: psycopg.Connection, job: Job) -> None:
@@ -584,6 +594,7 @@ class PostgresStore(Store):
             job.stats.failed = len({e.row for e in errors})
         with self._conn() as conn, conn.transaction():
             self._finish(conn, job)
+        self.queue.removed(job.bytes)
         return job
 
     def recover(self) -> int:
@@ -598,6 +609,9 @@ class PostgresStore(Store):
             ).rowcount
 
     def pending_bytes(self) -> int:
+        return self.queue.value()
+
+    def _measure_pending_bytes(self) -> int:
         with self._conn() as conn:
             return conn.execute(
                 "SELECT coalesce(sum(bytes), 0) FROM _pb_jobs WHERE status IN ('queued', 'running')"
@@ -640,6 +654,7 @@ class PostgresStore(Store):
                     self._finish(conn, job)
         except AtomicViolation as violation:
             return [self.fail_job(violation.job, ATOMIC_ERROR, violation.errors)]
+        self.queue.removed(sum(job.bytes for job in jobs))
         return jobs
 
 
