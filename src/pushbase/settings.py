@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -45,6 +46,11 @@ class Settings(BaseSettings):
     max_row_errors: int = 100
     duckdb_memory_mb: int = Field(
         256, ge=64, description="embedded store: DuckDB's memory limit (buffers, indexes, joins)"
+    )
+    duckdb_threads: int = Field(
+        default_factory=lambda: max(1, (os.cpu_count() or 1) - 1),
+        ge=1,
+        description="embedded store: DuckDB's threads (default: all cores but one)",
     )
     duckdb_checkpoint_mb: int = Field(
         256, ge=1, description="embedded store: write-ahead log size that triggers a checkpoint"

@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from pushbase.decode import DecodedBatch
 from pushbase.errors import PushbaseError
@@ -71,6 +71,17 @@ class DecodeAhead:
         with contextlib.suppress(queue.Full):
             self._tasks.put_nowait((dataset, after_seq))
 
+    def start_decoding(self, jobs: list[Job], dataset: Dataset) -> None:
+        """Decode a claimed group's jobs that were not decoded ahead, two at a time, so
+        that the worker's `take` finds them rather than decoding them one by one."""
+        with self._lock:
+            missing = [
+                (job, self._busy.setdefault(job.id, threading.Event()))
+                for job in jobs
+                if job.id not in self._ready and job.id not in self._busy
+            ]
+        self._send(missing, dataset, schema_key(dataset))
+
     def take(self, job: Job, dataset: Dataset) -> DecodedBatch | None:
         """The job's decoded rows if decoded ahead for this schema (a decode error is raised)."""
         with self._lock:
@@ -116,17 +127,22 @@ class DecodeAhead:
                     break
                 planned += job.bytes
                 claimed.append((job, self._busy.setdefault(job.id, threading.Event())))
+        wait(self._send(claimed, dataset, key))
+
+    def _send(
+        self, claimed: list[tuple[Job, threading.Event]], dataset: Dataset, key: str
+    ) -> list[Future[None]]:
         # Two decodes in flight: the decoding process starts the next payload as soon as
         # it has sent one back, instead of idling while the result travels and is unpickled.
         futures = []
         for position, (job, done) in enumerate(claimed):
             try:
                 futures.append(self._in_flight.submit(self._decode_one, job, done, dataset, key))
-            except RuntimeError:  # stopping: nobody waits for the rest
+            except RuntimeError:  # stopping: whoever waits decodes the rest itself
                 for unsent, event in claimed[position:]:
                     self._settle(unsent, event, None)
                 break
-        wait(futures)
+        return futures
 
     def _decode_one(self, job: Job, done: threading.Event, dataset: Dataset, key: str) -> None:
         entry: Ready | None = None  # none: the worker decodes the job itself

@@ -177,6 +177,9 @@ class JobRunner:
                 ]
             works: list[Work] = []
             done: list[Job] = []
+            decodable = [job for job in group if job.method is not WriteMethod.delete_all]
+            if len(decodable) > 1:
+                self._ahead.start_decoding(decodable, dataset)
             for job in group:
                 if job.method is WriteMethod.delete_all:
                     works.append(Work(job, None))
