@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
+import time
+
 import pytest
 
-from conftest import create_dataset, push
+from conftest import PG_URL, create_dataset, drop_schema, make_client, postgres_or_skip, push
 
 USERS = [
     {"name": "id", "type": "integer"},
@@ -135,6 +138,45 @@ def test_drop_removes_the_dataset_and_its_rows(client):
     assert client.delete("/v1/datasets/users").status_code == 404
     create_dataset(client, "users", USERS)  # the id is free again, with no old rows
     assert client.get("/v1/datasets/users").json()["row_count"] == 0
+
+
+def test_pushes_see_a_drop_or_a_recreated_dataset_at_once(client):
+    """The push path may use a recent copy of a dataset, never one this server changed."""
+    create_dataset(client, "users", USERS, unique_key=["id"])
+    push(client, "users", [{"id": 1}])
+    assert client.delete("/v1/datasets/users").status_code == 204
+    gone = client.post("/v1/datasets/users/records", json=[{"id": 2}])
+    assert gone.status_code == 404
+    assert gone.json()["error"]["code"] == "dataset_not_found"
+    create_dataset(client, "users", USERS)  # the same id, now without a unique key
+    keyless = client.post("/v1/datasets/users/records?method=delete", json=[{"id": 1}])
+    assert keyless.status_code == 400
+    assert keyless.json()["error"]["code"] == "no_unique_key"
+
+
+def test_a_dataset_dropped_by_another_postgresql_process_refuses_pushes_within_a_second(
+    tmp_path,
+):
+    postgres_or_skip()
+    schema = f"pbt_{secrets.token_hex(6)}"
+    shared = {"database_url": PG_URL, "database_schema": schema}
+    try:
+        with (
+            make_client({"data_dir": tmp_path / "a", **shared}, workers=0) as pusher,
+            make_client({"data_dir": tmp_path / "b", **shared}, workers=0) as admin,
+        ):
+            create_dataset(admin, "users", USERS, unique_key=["id"])
+            accepted = pusher.post("/v1/datasets/users/records", json=[{"id": 1}])
+            assert accepted.status_code == 202  # the pusher has now looked the dataset up
+            assert admin.delete("/v1/datasets/users").status_code == 204
+            dropped_at = time.monotonic()
+            while (status := pusher.post("/v1/datasets/users/records", json=[{"id": 2}])
+                   .status_code) != 404:  # fmt: skip
+                assert status == 202
+                assert time.monotonic() - dropped_at < 1.5, "pushes still accepted after 1.5 s"
+                time.sleep(0.05)
+    finally:
+        drop_schema(schema)
 
 
 @pytest.mark.parametrize(

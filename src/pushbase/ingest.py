@@ -68,8 +68,20 @@ def _durably_enqueue(svc: Services, job: Job, submission: Submission, window: da
 
 
 def check_queue(svc: Services, incoming: int) -> None:
-    """Backpressure: refuse a push while too many bytes wait to be applied."""
-    if svc.store.pending_bytes() + incoming > svc.settings.queue_max_bytes:
+    """Backpressure: refuse a push while too many bytes wait to be applied (blocking)."""
+    _refuse_if_full(svc, svc.store.pending_bytes() + incoming)
+
+
+async def check_queue_async(svc: Services, incoming: int) -> None:
+    """`check_queue` for the event loop: a thread hop only when the store must be asked."""
+    pending = svc.store.known_pending_bytes()
+    if pending is None:
+        pending = await run_in_threadpool(svc.store.pending_bytes)
+    _refuse_if_full(svc, pending + incoming)
+
+
+def _refuse_if_full(svc: Services, queued: int) -> None:
+    if queued > svc.settings.queue_max_bytes:
         raise PushbaseError(
             "queue_full",
             "too many bytes are waiting to be applied; retry later",

@@ -83,7 +83,21 @@ def dataset_for(svc: Services, key: ApiKey, dataset_id: str, scope: Scope) -> Da
     """The dataset if the key may use it with `scope`; 404 when it does not exist."""
     check_dataset_id(dataset_id)
     key.check(scope, dataset_id)
-    dataset = svc.store.get_dataset(dataset_id)
+    return _found(dataset_id, svc.store.get_dataset(dataset_id))
+
+
+async def dataset_to_push(svc: Services, key: ApiKey, dataset_id: str) -> Dataset:
+    """`dataset_for` with write scope, from the store's recent copy when it holds one: a
+    push uses only the id and unique key, which never change (`Store.recent_dataset`)."""
+    check_dataset_id(dataset_id)
+    key.check(Scope.write, dataset_id)
+    dataset = svc.store.recent_dataset(dataset_id)
+    if dataset is None:
+        dataset = await catalog(svc, svc.store.get_dataset, dataset_id)
+    return _found(dataset_id, dataset)
+
+
+def _found(dataset_id: str, dataset: Dataset | None) -> Dataset:
     if dataset is None:
         raise not_found("dataset", dataset_id)
     return dataset

@@ -14,14 +14,14 @@ import pyarrow.parquet as pq
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
-from pushbase.api.deps import ServicesDep, catalog, dataset_for, require
+from pushbase.api.deps import ServicesDep, dataset_for, dataset_to_push, require
 from pushbase.api.intake import receive_body
 from pushbase.api.models import ERRORS, JobAccepted, JobDocument, Rows
 from pushbase.api.responses import JSON, table_rows
 from pushbase.auth import ApiKey, Scope
 from pushbase.decode.coerce import ARROW_TYPES, CoerceError, coerce_value
 from pushbase.errors import PushbaseError
-from pushbase.ingest import Submission, check_queue, finished_within, submit
+from pushbase.ingest import Submission, check_queue_async, finished_within, submit
 from pushbase.jobs.model import Job
 from pushbase.schema import ColumnType, Dataset, WriteMethod
 from pushbase.storage.base import RowQuery
@@ -72,12 +72,12 @@ async def push(
     """Push rows. The body is stored durably before the answer; a worker applies it."""
     if method is WriteMethod.delete_all:
         raise PushbaseError("invalid_method", "use DELETE /v1/datasets/{id}/records", 400)
-    dataset = await catalog(svc, dataset_for, svc, key, dataset_id, Scope.write)
+    dataset = await dataset_to_push(svc, key, dataset_id)
     if method is WriteMethod.delete and not dataset.unique_key:
         raise PushbaseError("no_unique_key", "delete needs a dataset with a unique key", 400)
     declared = request.headers.get("content-length", "")
     async with svc.admission.slot(dataset.id):
-        await catalog(svc, check_queue, svc, int(declared) if declared.isdigit() else 0)
+        await check_queue_async(svc, int(declared) if declared.isdigit() else 0)
         payload = await receive_body(request, svc.settings, svc.store.incoming_path())
         submission = Submission(
             dataset, method, payload, idempotency_key=idempotency_key, atomic=atomic
@@ -101,7 +101,7 @@ async def delete_all(
     key: ApiKey = require(Scope.write),
 ):
     """A job that empties the dataset, in order with the pushes before it."""
-    dataset = await catalog(svc, dataset_for, svc, key, dataset_id, Scope.write)
+    dataset = await dataset_to_push(svc, key, dataset_id)
     submission = Submission(dataset, WriteMethod.delete_all, None, idempotency_key=idempotency_key)
     return job_answer(request, await submit(svc, submission, wait))
 

@@ -57,6 +57,12 @@ class Store(ABC):
     @abstractmethod
     def get_dataset(self, dataset_id: str) -> Dataset | None: ...
 
+    def recent_dataset(self, dataset_id: str) -> Dataset | None:
+        """A copy of the dataset up to a second old, if this process holds one (no I/O;
+        do not change it); else None, and `get_dataset` must be asked. For the push path,
+        which uses only what a dataset keeps for life: its id and unique key."""
+        return self.get_dataset(dataset_id) if self.memory_catalog else None
+
     @abstractmethod
     def list_datasets(self) -> list[Dataset]: ...
 
@@ -167,6 +173,10 @@ class Store(ABC):
 
         Every push asks, so a figure up to a second old will do: a store may answer
         from memory rather than wait for a busy database."""
+
+    def known_pending_bytes(self) -> int | None:
+        """`pending_bytes` if this process can tell without I/O, else None."""
+        return self.pending_bytes() if self.memory_catalog else None
 
     @abstractmethod
     def prepare_to_run(self) -> None:

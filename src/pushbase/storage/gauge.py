@@ -47,15 +47,20 @@ class QueueGauge:
     def value(self) -> int:
         """The latest figure. Stale, it is measured again in the background; too old to
         trust, in the calling thread."""
+        known = self.known()
+        return self.refresh() if known is None else known
+
+    def known(self) -> int | None:
+        """The latest figure without waiting for a measurement (one may start in the
+        background); None when it is too old to trust."""
         with self._lock:
             age = time.monotonic() - self._at
-            if age < self.trust:
-                if age < self.max_age or self._refreshing:
-                    return self._current()
+            if age >= self.trust:
+                return None
+            if age >= self.max_age and not self._refreshing:
                 self._refreshing = True
                 threading.Thread(target=self._refresh_in_background, daemon=True).start()
-                return self._current()
-        return self.refresh()
+            return self._current()
 
     def added(self, size: int) -> None:
         """This process queued a job of `size` bytes."""

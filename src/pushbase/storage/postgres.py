@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import io
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +52,7 @@ from pushbase.settings import Settings
 from pushbase.storage.base import GroupRule, RowQuery, Store
 from pushbase.storage.copies import PayloadCopies
 from pushbase.storage.gauge import QueueGauge
+from pushbase.storage.recent import RecentDatasets
 from pushbase.storage.spool import Spool
 from pushbase.storage.sql import job_filter, quote
 from pushbase.storage.writer import (
@@ -75,6 +77,7 @@ SQL_TYPES = {
 MAX_IDENTIFIER_BYTES = 63
 QUEUE_MAX_AGE_SECONDS = 0.25  # how stale the backpressure figure may get under load
 QUEUE_TRUST_SECONDS = 1.0  # older than this, it is measured again before use
+RECENT_DATASET_SECONDS = 1.0  # how stale a dataset the push path uses may be (recent.py)
 
 
 def stored_type(column_type: ColumnType) -> str:
@@ -144,6 +147,7 @@ class PostgresStore(Store):
         self.queue = QueueGauge(
             self._measure_pending_bytes, QUEUE_MAX_AGE_SECONDS, QUEUE_TRUST_SECONDS
         )
+        self.recent = RecentDatasets(RECENT_DATASET_SECONDS)
 
     # life cycle -------------------------------------------------------
     def open(self) -> None:
@@ -224,6 +228,7 @@ class PostgresStore(Store):
             raise PushbaseError(
                 "dataset_exists", f"dataset {dataset.id!r} already exists", 409
             ) from exc
+        self.recent.changed(dataset.id)
 
     @staticmethod
     def _column_ddl(column: Column) -> str:
@@ -231,11 +236,18 @@ class PostgresStore(Store):
         return ddl if column.nullable else f"{ddl} NOT NULL"
 
     def get_dataset(self, dataset_id: str) -> Dataset | None:
+        read_at = time.monotonic()
         with self._conn() as conn:
             row = conn.execute(
                 "SELECT doc FROM _pb_datasets WHERE id = %s", [dataset_id]
             ).fetchone()
-        return Dataset.model_validate_json(row[0]) if row else None
+        if not row:
+            return None
+        self.recent.seen(Dataset.model_validate_json(row[0]), read_at)  # a copy of its own
+        return Dataset.model_validate_json(row[0])
+
+    def recent_dataset(self, dataset_id: str) -> Dataset | None:
+        return self.recent.get(dataset_id)
 
     def list_datasets(self) -> list[Dataset]:
         with self._conn() as conn:
@@ -245,6 +257,7 @@ class PostgresStore(Store):
     def update_dataset(self, dataset: Dataset, add_columns: list[Column]) -> None:
         with self._conn() as conn, conn.transaction():
             self._update_dataset(conn, dataset, add_columns)
+        self.recent.changed(dataset.id)
 
     def _update_dataset(
         self, conn: psycopg.Connection, dataset: Dataset, add_columns: list[Column]
@@ -264,6 +277,7 @@ class PostgresStore(Store):
             found = conn.execute("DELETE FROM _pb_datasets WHERE id = %s", [dataset_id]).rowcount
             if found:
                 conn.execute(f"DROP TABLE IF EXISTS {pg_table(dataset_id)}")
+        self.recent.changed(dataset_id)
         return bool(found)
 
     def row_count(self, dataset_id: str) -> int:
@@ -611,6 +625,9 @@ class PostgresStore(Store):
     def pending_bytes(self) -> int:
         return self.queue.value()
 
+    def known_pending_bytes(self) -> int | None:
+        return self.queue.known()
+
     def _measure_pending_bytes(self) -> int:
         with self._conn() as conn:
             return conn.execute(
@@ -654,6 +671,8 @@ class PostgresStore(Store):
                     self._finish(conn, job)
         except AtomicViolation as violation:
             return [self.fail_job(violation.job, ATOMIC_ERROR, violation.errors)]
+        if new_columns:
+            self.recent.changed(dataset.id)
         self.queue.removed(sum(job.bytes for job in jobs))
         return jobs
 
