@@ -18,6 +18,7 @@ from pushbase.console import router as console_router
 from pushbase.dialects import dengage, graphite, obsrv, qrvey
 from pushbase.ingest import Services
 from pushbase.jobs.runner import JobRunner
+from pushbase.priority import favour_requests
 from pushbase.settings import Settings
 from pushbase.storage import open_store
 
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None, workers: int | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        favour_requests()
         store = open_store(settings)
         await run_in_threadpool(store.open)
         runner = JobRunner(store, settings)

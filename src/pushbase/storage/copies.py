@@ -11,8 +11,11 @@ decoder reads them there. A copy is named by its job and is complete once it has
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pushbase.jobs.model import Job
@@ -24,11 +27,33 @@ log = logging.getLogger("pushbase.store")
 class PayloadCopies:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._writer: ThreadPoolExecutor | None = None
 
     def prepare(self) -> None:
         """Start empty: an earlier process's copies may be of jobs run since."""
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pushbase-copy")
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.shutdown()
+            self._writer = None
+
+    @contextlib.contextmanager
+    def keeping(self, job_id: str, payload: Payload | None) -> Iterator[None]:
+        """Write a copy of `payload` (if any) in a helper thread while the block waits for
+        PostgreSQL; the copy is written when the block ends. A worker that claims the job
+        before that ignores the partial copy and reads the row."""
+        writing, writer = None, self._writer
+        if payload is not None and writer is not None:
+            with contextlib.suppress(RuntimeError):  # closed meanwhile: the row will do
+                writing = writer.submit(self.keep, job_id, payload)
+        try:
+            yield
+        finally:
+            if writing is not None:
+                writing.result()
 
     def keep(self, job_id: str, payload: Payload) -> None:
         """Best effort: without a copy, the job reads its payload from PostgreSQL."""

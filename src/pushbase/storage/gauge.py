@@ -31,6 +31,11 @@ class QueueGauge:
         self._change_then = 0
         self._at = float("-inf")
         self._refreshing = False
+        # One long-lived measuring thread: starting a thread waits for it to run, which
+        # on a busy process means waiting for the GIL, on the event loop.
+        self._wake = threading.Event()
+        self._measurer: threading.Thread | None = None
+        self._closed = False
 
     def refresh(self) -> int:
         """Measure now (in the calling thread); the new figure."""
@@ -57,9 +62,14 @@ class QueueGauge:
             age = time.monotonic() - self._at
             if age >= self.trust:
                 return None
-            if age >= self.max_age and not self._refreshing:
+            if age >= self.max_age and not self._refreshing and not self._closed:
                 self._refreshing = True
-                threading.Thread(target=self._refresh_in_background, daemon=True).start()
+                if self._measurer is None:
+                    self._measurer = threading.Thread(
+                        target=self._measure_when_woken, name="pushbase-queue-gauge", daemon=True
+                    )
+                    self._measurer.start()
+                self._wake.set()
             return self._current()
 
     def added(self, size: int) -> None:
@@ -75,11 +85,22 @@ class QueueGauge:
     def _current(self) -> int:
         return max(0, self._measured + self._change - self._change_then)
 
-    def _refresh_in_background(self) -> None:
-        try:
-            self.refresh()
-        except Exception:
-            log.exception("measuring the queue failed; the last figure stands")
-        finally:
-            with self._lock:
-                self._refreshing = False
+    def close(self) -> None:
+        """Stop the measuring thread."""
+        with self._lock:
+            self._closed = True
+        self._wake.set()
+
+    def _measure_when_woken(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._closed:
+                return
+            try:
+                self.refresh()
+            except Exception:
+                log.exception("measuring the queue failed; the last figure stands")
+            finally:
+                with self._lock:
+                    self._refreshing = False

@@ -190,6 +190,8 @@ class PostgresStore(Store):
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+        self.copies.close()
+        self.queue.close()
 
     def ping(self) -> bool:
         try:
@@ -378,10 +380,9 @@ class PostgresStore(Store):
 
     def enqueue(self, job: Job, payload: Payload | None, window_start: datetime) -> Job:
         data = payload.read() if payload is not None else None  # durable once committed
-        if payload is not None and self._keep_copies:
-            self.copies.keep(job.id, payload)  # before the commit: complete once it is seen
         try:
-            recorded = self._record(job, data, window_start)
+            with self.copies.keeping(job.id, payload if self._keep_copies else None):
+                recorded = self._record(job, data, window_start)
         except BaseException:
             self.copies.drop(job.id)
             raise
