@@ -6,7 +6,7 @@ PORT ?= 8000
 PUSHBASE_DATA_DIR ?= ./pushbase-data
 export PUSHBASE_DATA_DIR
 
-.PHONY: run test bench lint clean chromium
+.PHONY: run test bench bench-large lint clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ lint: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/ingest.py $(BENCH_ARGS)
+
+# The same phases against a dataset of 10M rows (9M preloaded + the 1M insert phase).
+bench-large: $(VENV)/.installed-dev
+	$(BIN)/python bench/ingest.py --preload 9000000 --no-baseline $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) pushbase-data

@@ -9,6 +9,10 @@ unique key (`tenant`, `user_id`)), then runs three phases:
 2. upsert N rows of which half have existing keys and half are new;
 3. delete 10 % of the stored keys by key (`method=delete`, ~1 MB key-only bodies).
 
+With `--preload M` the dataset first gets M rows whose keys no phase uses (untimed), so
+the phases write into a table of M + N rows: `make bench-large` gives DESIGN §7's
+figures on a 10M-row dataset.
+
 Each phase pushes batches encoded before the clock starts, from `--clients` concurrent
 HTTP clients, then polls the jobs until all are finished. Measured: rows/s end to end
 (first request sent -> last job finished), the wall time of every push until its 202,
@@ -19,6 +23,7 @@ table of every target, PASS/FAIL, for bench/README.md.
 
     .venv/bin/python bench/ingest.py --quick          # 50k rows, about a minute
     .venv/bin/python bench/ingest.py --repeat 3       # 1M rows, medians of 3
+    .venv/bin/python bench/ingest.py --preload 9000000 --no-baseline   # make bench-large
     make bench BENCH_ARGS="--backend duckdb"
 
 Exit code 1 when rows were lost: a push refused, a row or job failed, or a final count is
@@ -43,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -79,6 +85,8 @@ from workload import (  # noqa: E402
 
 PG_URL = os.environ.get("PUSHBASE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 QUICK_ROWS = 50_000
+PRELOAD_FIRST_KEY = 1_000_000_000  # preloaded keys are apart from every phase's keys
+PRELOAD_BATCH_ROWS = 10_000  # about 4.5 MB of JSON per preload push
 
 
 # -- the workload, encoded once --------------------------------------------------------
@@ -237,6 +245,58 @@ def push_all(
     for thread in threads:
         thread.join()
     return pushes, started
+
+
+def preload(url: str, api_key: str, dataset: str, rows: int, clients: int, label: str) -> None:
+    """Fill the dataset with `rows` rows whose keys no phase uses, before any clock starts,
+    so that the phases write into a table of that size (DESIGN §7 asks for upsert and
+    delete figures on a 10M-row dataset). The pushing threads encode their batches as they
+    go: 10M rows are gigabytes of JSON, not to be held at once."""
+    t0 = time.perf_counter()
+    starts = iter(range(PRELOAD_FIRST_KEY, PRELOAD_FIRST_KEY + rows, PRELOAD_BATCH_ROWS))
+    take = threading.Lock()
+    job_ids: list[str] = []
+    failures: list[str] = []
+    path = f"/v1/datasets/{dataset}/records?method=insert"
+
+    def client_loop() -> None:
+        headers = {"x-api-key": api_key, "content-type": "application/json"}
+        http = PushConnection(url, headers, timeout=300)
+        try:
+            while True:
+                with take:
+                    start = next(starts, None)
+                if start is None:
+                    return
+                end = min(start + PRELOAD_BATCH_ROWS, PRELOAD_FIRST_KEY + rows)
+                body = orjson.dumps([make_row(k, 1) for k in range(start, end)])
+                while (response := http.request("POST", path, body)).status == 429:
+                    time.sleep(float(response.headers.get("retry-after", "1") or 1))
+                if response.status not in (200, 202):
+                    failures.append(f"{response.status} {response.text[:200]}")
+                    return
+                doc = response.json()
+                job_ids.append(doc.get("job_id") or doc["id"])
+        finally:
+            http.close()
+
+    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError(f"preload push refused: {failures[0]}")
+    docs, _ = wait_jobs(url, api_key, job_ids, timeout=3600)
+    failed = [d for d in docs.values() if d.get("status") != "succeeded"]
+    if failed:
+        raise RuntimeError(f"preload job {failed[0].get('id')} {failed[0].get('status')}")
+    seconds = time.perf_counter() - t0
+    print(
+        f"[{label}] preloaded {rows:,} rows in {seconds:.1f}s ({rows / seconds:,.0f} rows/s,"
+        " not a measured phase)",
+        flush=True,
+    )
 
 
 def wait_jobs(
@@ -501,6 +561,8 @@ def bench_backend(
 
         if not args.no_warmup:
             warm_up(url, api_key, workload, label)
+        if args.preload:
+            preload(url, api_key, dataset, args.preload, args.clients, label)
 
         n, new = workload.rows, workload.new_in_upsert
         phases = result.phases
@@ -512,7 +574,11 @@ def bench_backend(
         phases["upsert"] = run_phase(label, "upsert", workload.upsert, args, url, api_key, dataset)
         problems += phase_problems(phases["upsert"], {"inserted": new, "updated": n - new})
         problems += check_dataset(
-            url, api_key, dataset, workload.after_upsert, {0: 1, n - 1: 2, n + new - 1: 2}
+            url,
+            api_key,
+            dataset,
+            args.preload + workload.after_upsert,
+            {0: 1, n - 1: 2, n + new - 1: 2},
         )
 
         if not args.no_delete:
@@ -523,7 +589,12 @@ def bench_backend(
             problems += phase_problems(phases["delete"], {"deleted": len(gone), "not_found": 0})
             kept = {k: 1 if k < n - n // 2 else 2 for k in (1, n - 1, n + new - 1) if k % 10}
             problems += check_dataset(
-                url, api_key, dataset, workload.after_delete, kept, gone=(gone[0], gone[-1])
+                url,
+                api_key,
+                dataset,
+                args.preload + workload.after_delete,
+                kept,
+                gone=(gone[0], gone[-1]),
             )
         print(
             f"[{label}] checks: {'ok' if not problems else '; '.join(problems)}",
@@ -592,6 +663,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--url", help="benchmark a running server (label its store with --backend)")
     parser.add_argument("--api-key", help="admin key for --url")
     parser.add_argument("--dataset", default="users")
+    parser.add_argument(
+        "--preload",
+        type=int,
+        default=0,
+        metavar="ROWS",
+        help="rows stored before the phases, with keys no phase uses (make bench-large: 9M)",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="skip the DuckDB baseline")
     parser.add_argument("--no-delete", action="store_true", help="skip the delete phase")
     parser.add_argument("--no-warmup", action="store_true", help="time the phases on a cold server")
@@ -664,6 +742,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.repeat > 1:
         scope += f", medians of {args.repeat} runs" + ("" if args.url else " on fresh servers")
+    if args.preload:
+        scope += (
+            f", into a dataset preloaded with {args.preload:,} rows (so the upsert and delete"
+            f" run against {args.preload + args.rows:,} stored rows)"
+        )
     if args.quick:
         scope += " — `--quick` sanity run; the targets are for 1,000,000 rows"
     print("\n## Results\n")
