@@ -3,7 +3,7 @@
 Every push looks up its dataset, and with PostgreSQL that is a thread hop and a round
 trip to a server busy with the workers' writes, which an acknowledgement waits for. A
 push needs only what a dataset keeps for life (its id and unique key), so a recent copy
-will do. This process's own changes replace or remove the copy at once; a change made
+will do. This process's own changes drop the copy at once; a change made
 by another process is seen within `max_age` seconds: until then a push to a dataset
 that process dropped is accepted, and its job fails as one that raced the drop does.
 """
