@@ -40,3 +40,15 @@ class PushbaseError(Exception):
 
 def not_found(what: str, ident: str) -> PushbaseError:
     return PushbaseError(f"{what}_not_found", f"{what} {ident!r} does not exist", 404)
+
+
+class StoreUnavailable(PushbaseError):
+    """The store cannot serve now but may soon (out of memory, connection lost): 503
+    with `Retry-After`. A job whose write meets it goes back to the queue, not to failed."""
+
+    def __init__(self, code: str, message: str, retry_after: int = 5) -> None:
+        super().__init__(code, message, 503, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.code, self.message, self.retry_after))

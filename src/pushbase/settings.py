@@ -45,7 +45,16 @@ class Settings(BaseSettings):
     idempotency_window_seconds: int = 24 * 3600
     max_row_errors: int = 100
     duckdb_memory_mb: int = Field(
-        256, ge=64, description="embedded store: DuckDB's memory limit (buffers, indexes, joins)"
+        256,
+        ge=64,
+        description="embedded store: DuckDB's memory limit, raised to the key indexes"
+        " plus 128 MB as they grow",
+    )
+    duckdb_memory_max_mb: int | None = Field(
+        None,
+        ge=64,
+        description="embedded store: the most DuckDB's limit may rise to; writes wait"
+        " beyond it (default: half the machine's memory)",
     )
     duckdb_threads: int = Field(
         default_factory=lambda: max(1, (os.cpu_count() or 1) - 1),

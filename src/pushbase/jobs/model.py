@@ -128,6 +128,11 @@ def mark_running(job: Job) -> None:
     job.started_at = utcnow()
 
 
+def mark_queued(job: Job) -> None:
+    """Back to the queue as if never claimed (a crash or a store failure interrupted it)."""
+    job.status, job.phase, job.progress, job.started_at = JobStatus.queued, None, 0, None
+
+
 def idempotency_conflict(first: Job) -> PushbaseError:
     """The answer to a reused Idempotency-Key whose payload differs from the first."""
     return PushbaseError(

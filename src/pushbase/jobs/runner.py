@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 
 from pushbase.decode import DecodedBatch
-from pushbase.errors import PushbaseError
+from pushbase.errors import PushbaseError, StoreUnavailable
 from pushbase.jobs.ahead import DecodeAhead
 from pushbase.jobs.decoding import Decoder
 from pushbase.jobs.model import ATOMIC_ERROR, MAX_GROUP_JOBS, Job, JobError, JobPhase, JobStatus
@@ -31,6 +31,7 @@ IDLE_POLL_SECONDS = 0.5
 GROUPABLE = (WriteMethod.insert, WriteMethod.upsert, WriteMethod.delete)
 PURGE_EVERY_SECONDS = 600
 QUIET_SECONDS = 1.0  # no job claimed for this long: the store may tidy up
+STORE_PAUSE_SECONDS = (0.5, 60.0)  # after a store failure: first pause, longest pause
 
 
 class JobRunner:
@@ -46,6 +47,7 @@ class JobRunner:
         self._finished_lock = threading.Lock()
         self._last_purge = 0.0
         self._last_claim = 0.0
+        self._store_failures = 0  # in a row
         self._decoder = Decoder(settings.decode_processes, settings.max_inflated_bytes)
         self._ahead = DecodeAhead(store, self._decode, settings.group_max_bytes, MAX_GROUP_JOBS)
 
@@ -202,12 +204,34 @@ class JobRunner:
                 self._ahead.request(dataset, group[-1].seq)
             written = self.store.apply(dataset, works)
             del works
+            self._store_failures = 0
             pa.default_memory_pool().release_unused()  # keep RSS near what is in use
             return [*done, *written]
+        except StoreUnavailable as exc:
+            self._wait_for_store(group, exc)
+            return done
         except Exception as exc:  # a bug or a store failure: the jobs fail, the worker lives
             log.exception("jobs %s failed", [j.id for j in group])
             message = f"{type(exc).__name__}: {exc}"
             return [self._fail(j, "internal_error", message) for j in group if not self._ended(j)]
+
+    def _wait_for_store(self, group: list[Job], exc: StoreUnavailable) -> None:
+        """A store failure that may pass: the unfinished jobs go back to the queue, not
+        to failed (they were acknowledged), and this worker pauses before it claims
+        again, twice as long each time in a row. The dataset stays busy meanwhile."""
+        self._store_failures += 1
+        first, longest = STORE_PAUSE_SECONDS
+        pause = min(longest, first * 2 ** (self._store_failures - 1))
+        waiting = [job for job in group if not job.status.finished]
+        log.warning(
+            "%s: %s; %d jobs back in the queue, next try in %.1fs",
+            exc.code, exc.message, len(waiting), pause,
+        )  # fmt: skip
+        try:
+            self.store.requeue(waiting)
+        except Exception:
+            log.exception("putting jobs back in the queue failed")
+        self._stopping.wait(pause)
 
     def _decode(self, job: Job, dataset: Dataset) -> DecodedBatch:
         payload = self.store.payload_file(job) or self.store.read_payload(job)

@@ -160,6 +160,11 @@ class Store(ABC):
     def fail_job(self, job: Job, error: JobError, errors: list[RowError] | None = None) -> Job: ...
 
     @abstractmethod
+    def requeue(self, jobs: list[Job]) -> None:
+        """Put claimed jobs back in the queue: their write met a store failure that may
+        pass (`StoreUnavailable`), so they run again later. `release` still follows."""
+
+    @abstractmethod
     def recover(self) -> int:
         """Put jobs left running by a dead process back in the queue; return how many."""
 

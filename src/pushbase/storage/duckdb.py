@@ -24,6 +24,7 @@ from pushbase.jobs.model import (
     JobError,
     JobPhase,
     JobStatus,
+    mark_queued,
     mark_running,
     take_group,
 )
@@ -32,6 +33,7 @@ from pushbase.priority import call_in_background_thread, lower_this_thread
 from pushbase.schema import Column, ColumnType, Dataset
 from pushbase.settings import MIB, Settings
 from pushbase.storage.base import GroupRule, RowQuery, Store
+from pushbase.storage.duckdb_memory import MemoryLimit, default_ceiling_mb, out_of_memory
 from pushbase.storage.inbox import Inbox
 from pushbase.storage.spool import Spool
 from pushbase.storage.sql import job_filter, quote, table_name
@@ -98,6 +100,9 @@ class DuckDBStore(Store):
         self.spool = Spool(settings.spool_dir)
         self.inbox = Inbox(self.spool)
         self._db: duckdb.DuckDBPyConnection | None = None
+        self.memory = MemoryLimit(
+            settings.duckdb_memory_mb, settings.duckdb_memory_max_mb or default_ceiling_mb()
+        )
         self._jobs_lock = threading.Lock()  # job state transitions: enqueue, claim, cancel
         self._register_lock = threading.Lock()
         self._accept_lock = threading.Lock()  # seq order = the order jobs become pending
@@ -122,7 +127,7 @@ class DuckDBStore(Store):
         # takes as long as with two (~0.25 s per 150k rows) and leaves the decoder its core.
         self._db.execute(f"SET threads = {self.settings.duckdb_threads}")
         # DuckDB would otherwise take most of the machine's memory for its buffers.
-        self._db.execute(f"SET memory_limit = '{self.settings.duckdb_memory_mb}MB'")
+        self.memory.open(self._db)
         with self._cursor() as cur:
             cur.execute("CREATE TABLE IF NOT EXISTS _pb_version (version INTEGER)")
             row = cur.execute("SELECT max(version) FROM _pb_version").fetchone()
@@ -201,6 +206,11 @@ class DuckDBStore(Store):
         cur = self._db.cursor()
         try:
             yield cur
+        except duckdb.Error as exc:
+            unavailable = out_of_memory(exc)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
         finally:
             cur.close()
 
@@ -532,17 +542,19 @@ class DuckDBStore(Store):
         self._ended(job)
         return job
 
+    def requeue(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            mark_queued(job)
+            self._phases.pop(job.id, None)
+        with self._jobs_lock, self._cursor() as cur:
+            self._save_jobs(cur, jobs)
+
     def recover(self) -> int:
         with self._jobs_lock, self._cursor() as cur:
             rows = cur.execute("SELECT doc FROM _pb_jobs WHERE status = 'running'").fetchall()
             jobs = [Job.model_validate_json(doc) for (doc,) in rows]
             for job in jobs:
-                job.status, job.phase, job.progress, job.started_at = (
-                    JobStatus.queued,
-                    None,
-                    0,
-                    None,
-                )
+                mark_queued(job)
             if jobs:
                 self._save_jobs(cur, jobs)
         return len(rows)
@@ -594,6 +606,7 @@ class DuckDBStore(Store):
     def _apply(self, dataset: Dataset, works: list[Work], optimistic: bool) -> list[Job]:
         try:
             with self._transaction() as cur:
+                self.memory.before_write(cur)
                 new_columns = evolve(dataset, works)
                 if new_columns:
                     self._update_dataset(cur, dataset, new_columns)

@@ -29,12 +29,12 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from pushbase.auth import ApiKey
 from pushbase.decode import RowError
 from pushbase.decode.coerce import ARROW_TYPES
-from pushbase.errors import PushbaseError
+from pushbase.errors import PushbaseError, StoreUnavailable
 from pushbase.jobs.model import (
     ATOMIC_ERROR,
     MAX_GROUP_JOBS,
@@ -43,6 +43,7 @@ from pushbase.jobs.model import (
     JobPhase,
     JobStatus,
     idempotency_conflict,
+    mark_queued,
     mark_running,
     take_group,
 )
@@ -161,7 +162,8 @@ class PostgresStore(Store):
             url,
             min_size=2,
             max_size=self.settings.pool_size,
-            kwargs={"autocommit": True},
+            # The name shows in pg_stat_activity (and lets the tests find these sessions).
+            kwargs={"autocommit": True, "application_name": "pushbase"},
             configure=self._configure,
             open=True,
             name="pushbase",
@@ -205,7 +207,7 @@ class PostgresStore(Store):
     def _conn(self) -> Iterator[psycopg.Connection]:
         if self.pool is None:
             raise PushbaseError("store_closed", "the store is not open", 503)
-        with self.pool.connection() as conn:
+        with _unavailable_when_down(), self.pool.connection() as conn:
             yield conn
 
     def _lock_key(self, name: str) -> int:
@@ -612,6 +614,15 @@ class PostgresStore(Store):
         self.queue.removed(job.bytes)
         return job
 
+    def requeue(self, jobs: list[Job]) -> None:
+        # Shown as queued again; a claim also takes jobs left `running` once their
+        # dataset lock is free, so this is for readers, not for correctness.
+        for job in jobs:
+            mark_queued(job)
+        with self._conn() as conn, conn.transaction():
+            for job in jobs:
+                self._save_job(conn, job)
+
     def recover(self) -> int:
         return 0  # a dead worker's job is retried as soon as its dataset lock is free
 
@@ -654,9 +665,10 @@ class PostgresStore(Store):
             conn = self._claims.get(works[0].job.id)
         if conn is None:
             raise PushbaseError("not_claimed", f"job {works[0].job.id} is not claimed here", 500)
-        return apply_optimistically(
-            works, lambda optimistic: self._apply(conn, dataset, works, optimistic)
-        )
+        with _unavailable_when_down():
+            return apply_optimistically(
+                works, lambda optimistic: self._apply(conn, dataset, works, optimistic)
+            )
 
     def _apply(
         self, conn: psycopg.Connection, dataset: Dataset, works: list[Work], optimistic: bool
@@ -676,6 +688,16 @@ class PostgresStore(Store):
             self.recent.changed(dataset.id)
         self.queue.removed(sum(job.bytes for job in jobs))
         return jobs
+
+
+@contextlib.contextmanager
+def _unavailable_when_down() -> Iterator[None]:
+    """A lost connection, a server short of resources or no free connection may pass:
+    503 to a request, and a job's write goes back to the queue."""
+    try:
+        yield
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        raise StoreUnavailable("store_unavailable", f"PostgreSQL: {exc}".strip()) from exc
 
 
 class PostgresWriter(SqlWriter):

@@ -1,0 +1,107 @@
+"""DuckDB's memory limit, kept above the key indexes it must hold (embedded store).
+
+DuckDB holds every primary-key index (ART) in memory, counts it against its memory
+limit and cannot evict it: a dataset of 10M two-part string keys holds about 1 GB of
+index. Under a fixed limit, writes start failing once the indexes fill it, and a
+write that fails in its COMMIT does lasting harm: DuckDB 2.0.0 rolls its rows back
+but leaves their keys in the index, so those keys are refused as duplicates from
+then on, across restarts (reproduced outside pushbase).
+
+So before each write the limit is raised to the indexes plus a working reserve, and
+when that would pass the ceiling the write is refused before it starts
+(`store_out_of_memory`): its jobs wait in the queue, nothing is lost or harmed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import duckdb
+
+from pushbase.errors import StoreUnavailable
+from pushbase.settings import MIB
+
+# What a write needs beyond the indexes: the staged and merged rows of a 32 MiB group,
+# the index's own growth (~15 MB per 150k new keys) and DuckDB's buffers meanwhile.
+WRITE_RESERVE_MB = 128
+# The limit moves in steps of this much, not on every write.
+STEP_MB = 32
+
+INDEX_BYTES = (
+    "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() WHERE tag = 'ART_INDEX'"
+)
+
+# DuckDB reports running out of memory as OutOfMemoryException, or inside COMMIT as a
+# TransactionException that quotes it.
+OUT_OF_MEMORY_TEXT = (
+    "out of memory",
+    "failed to pin block",
+    "failed to allocate",
+    "could not allocate block",
+)
+
+
+def machine_memory_mb() -> int:
+    """Physical memory, or the cgroup's limit when the server runs in a smaller one."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            total = min(total, int(limit))
+    return total // MIB
+
+
+def default_ceiling_mb() -> int:
+    """Half of the machine: the rest is the server's own Python side, and the system."""
+    return machine_memory_mb() // 2
+
+
+class MemoryLimit:
+    """DuckDB's `memory_limit`: at least `floor_mb`, at most `ceiling_mb`."""
+
+    def __init__(self, floor_mb: int, ceiling_mb: int) -> None:
+        self.floor_mb = floor_mb
+        self.ceiling_mb = max(ceiling_mb, floor_mb)
+        self.current_mb = 0
+
+    def open(self, db: duckdb.DuckDBPyConnection) -> None:
+        self._set(db, self.floor_mb)
+
+    def before_write(self, db: duckdb.DuckDBPyConnection) -> None:
+        """Make room for a write, or refuse it while the store cannot hold it."""
+        index_mb = -(-db.execute(INDEX_BYTES).fetchall()[0][0] // MIB)
+        needed = index_mb + WRITE_RESERVE_MB
+        if needed > self.ceiling_mb:
+            raise StoreUnavailable(
+                "store_out_of_memory",
+                f"the embedded store's key indexes hold {index_mb} MB; with what a write"
+                f" needs that passes PUSHBASE_DUCKDB_MEMORY_MAX_MB ({self.ceiling_mb}):"
+                " raise it, or move to PostgreSQL. Queued jobs wait.",
+                retry_after=30,
+            )
+        target = min(self.ceiling_mb, max(self.floor_mb, -(-needed // STEP_MB) * STEP_MB))
+        if target > self.current_mb:
+            self._set(db, target)
+        elif target < self.current_mb - STEP_MB:  # a dataset dropped: down, by whole steps
+            with contextlib.suppress(duckdb.Error):  # not below what DuckDB holds now
+                self._set(db, target)
+
+    def _set(self, db: duckdb.DuckDBPyConnection, mb: int) -> None:
+        db.execute(f"SET memory_limit = '{mb}MB'")
+        self.current_mb = mb
+
+
+def out_of_memory(exc: duckdb.Error) -> StoreUnavailable | None:
+    """The store error to answer for DuckDB's `exc`, if it means memory ran out."""
+    text = str(exc).lower()
+    if isinstance(exc, duckdb.OutOfMemoryException) or (
+        isinstance(exc, duckdb.TransactionException)
+        and any(part in text for part in OUT_OF_MEMORY_TEXT)
+    ):
+        return StoreUnavailable(
+            "store_out_of_memory",
+            "the embedded store ran out of memory (PUSHBASE_DUCKDB_MEMORY_MB); try again",
+        )
+    return None
