@@ -15,6 +15,7 @@ when that would pass the ceiling the write is refused before it starts
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -22,6 +23,8 @@ import duckdb
 
 from pushbase.errors import StoreUnavailable
 from pushbase.settings import MIB
+
+log = logging.getLogger("pushbase.store")
 
 # What a write needs beyond the indexes: the staged and merged rows of a 32 MiB group,
 # the index's own growth (~15 MB per 150k new keys) and DuckDB's buffers meanwhile.
@@ -85,8 +88,13 @@ class MemoryLimit:
         if target > self.current_mb:
             self._set(db, target)
         elif target < self.current_mb - STEP_MB:  # a dataset dropped: down, by whole steps
-            with contextlib.suppress(duckdb.Error):  # not below what DuckDB holds now
+            try:
                 self._set(db, target)
+            except duckdb.Error:  # DuckDB holds more than that right now: later
+                return
+        else:
+            return
+        log.info("DuckDB memory limit now %d MB (key indexes: %d MB)", target, index_mb)
 
     def _set(self, db: duckdb.DuckDBPyConnection, mb: int) -> None:
         db.execute(f"SET memory_limit = '{mb}MB'")
