@@ -46,7 +46,7 @@ class StoreUnavailable(PushbaseError):
     """The store cannot serve now but may soon (out of memory, connection lost): 503
     with `Retry-After`. A job whose write meets it goes back to the queue, not to failed."""
 
-    def __init__(self, code: str, message: str, retry_after: int = 5) -> None:
+    def __init__(self, code: str, message: str, retry_after: int = 1) -> None:
         super().__init__(code, message, 503, headers={"Retry-After": str(retry_after)})
         self.retry_after = retry_after
 

@@ -188,6 +188,8 @@ class JobRunner:
                     continue
                 try:
                     batch = self._ahead.take(job, dataset) or self._decode(job, dataset)
+                except StoreUnavailable:
+                    raise  # reading the payload failed, not the payload
                 except PushbaseError as exc:
                     done.append(self._fail(job, "invalid_payload", exc.message))
                     continue

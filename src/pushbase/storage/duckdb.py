@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from pushbase.auth import ApiKey
 from pushbase.decode import RowError
-from pushbase.errors import PushbaseError
+from pushbase.errors import PushbaseError, StoreUnavailable
 from pushbase.jobs.model import (
     ATOMIC_ERROR,
     MAX_GROUP_JOBS,
@@ -202,7 +202,7 @@ class DuckDBStore(Store):
     @contextlib.contextmanager
     def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
         if self._db is None:
-            raise PushbaseError("store_closed", "the store is not open", 503)
+            raise StoreUnavailable("store_closed", "the store is not open")
         cur = self._db.cursor()
         try:
             yield cur

@@ -206,7 +206,7 @@ class PostgresStore(Store):
     @contextlib.contextmanager
     def _conn(self) -> Iterator[psycopg.Connection]:
         if self.pool is None:
-            raise PushbaseError("store_closed", "the store is not open", 503)
+            raise StoreUnavailable("store_closed", "the store is not open")
         with _unavailable_when_down(), self.pool.connection() as conn:
             yield conn
 
