@@ -11,11 +11,13 @@ SIGKILLed, and its jobs must be finished by the workers of the other API process
 
 from __future__ import annotations
 
+import gzip
 import secrets
 import threading
 import time
 
 import httpx
+import orjson
 import pytest
 
 from conftest import PG_URL, drop_schema, postgres_or_skip
@@ -197,3 +199,63 @@ def test_a_worker_killed_while_holding_jobs_leaves_them_to_another_in_order(tmp_
         for process in (api, first, second):
             process.kill()
         drop_schema(schema)
+
+
+def test_another_process_applies_every_kind_of_payload_as_it_was_pushed(tmp_path):
+    """A job's payload reaches a worker of another process through PostgreSQL. The
+    accepting process compresses most bodies before storing them: a body of several
+    megabytes (received in pieces), a gzip'd one (stored as it came), one too small to
+    gain from compression and a CSV one must all come back byte for byte."""
+    postgres_or_skip()
+    schema = f"pbt_{secrets.token_hex(6)}"
+    env = {"PUSHBASE_DATABASE_URL": PG_URL, "PUSHBASE_DATABASE_SCHEMA": schema}
+    api = ApiOnlyProcess(tmp_path / "api", env=env)
+    worker = WorkerProcess(tmp_path / "worker", env=env)
+    big = [{"k": k, "note": f"row {k} " + secrets.token_hex(8)} for k in range(60_000)]
+    ndjson = "\n".join(f'{{"k": {k}, "note": "gz {k}"}}' for k in range(100_000, 100_500))
+    pushes = [
+        ({"content-type": "application/json"}, orjson.dumps(big)),
+        (
+            {"content-type": "application/x-ndjson", "content-encoding": "gzip"},
+            gzip.compress(ndjson.encode()),
+        ),
+        ({"content-type": "application/json"}, b'{"k":300000}'),
+        ({"content-type": "text/csv"}, b'k,note\n200000,csv\n200001,"with, comma"\n'),
+    ]
+    try:
+        api.start()
+        with api.client() as http:
+            http.post(
+                "/v1/datasets",
+                json={"id": "t", "unique_key": ["k"], "columns": [
+                    {"name": "k", "type": "integer"}, {"name": "note"}]},
+            ).raise_for_status()  # fmt: skip
+            assert len(pushes[0][1]) > 2_000_000
+            ids = []
+            for headers, body in pushes:
+                response = http.post("/v1/datasets/t/records", content=body, headers=headers)
+                assert response.status_code == 202, response.text
+                ids.append(response.json()["job_id"])
+            worker.start()  # none of the payloads is on its disk: it reads the rows
+            jobs = [wait_for_job(http, job_id) for job_id in ids]
+            assert [j["status"] for j in jobs] == ["succeeded"] * 4, jobs
+            assert [j["stats"]["inserted"] for j in jobs] == [60_000, 500, 1, 2]
+            export = http.get("/v1/datasets/t/export", params={"format": "ndjson"})
+            notes = {row["k"]: row["note"] for row in map(orjson.loads, export.text.splitlines())}
+            assert len(notes) == 60_503
+            assert all(notes[row["k"]] == row["note"] for row in big)
+            assert notes[100_499] == "gz 100499"
+            assert notes[300_000] is None
+            assert notes[200_001] == "with, comma"
+    finally:
+        for process in (api, worker):
+            process.kill()
+        drop_schema(schema)
+
+
+def wait_for_job(http: httpx.Client, job_id: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while (job := http.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, f"job {job_id} still {job['status']}"
+        time.sleep(0.05)
+    return job

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+PIECE_BYTES = 1 << 20
 
 
 def fsync_path(path: Path) -> None:
@@ -54,6 +57,15 @@ class Payload:
         """The whole body (blocking)."""
         spilled = self.path.read_bytes() if self.path.exists() else b""
         return b"".join([spilled, *self.tail])
+
+    def pieces(self) -> Iterator[bytes]:
+        """The body in pieces of at most about a megabyte, so that a large one is never
+        whole in memory (blocking)."""
+        if self.path.exists():
+            with self.path.open("rb") as spilled:
+                while piece := spilled.read(PIECE_BYTES):
+                    yield piece
+        yield from self.tail
 
     def sha256(self) -> str:
         digest = hashlib.sha256()

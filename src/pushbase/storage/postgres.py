@@ -51,6 +51,7 @@ from pushbase.payload import Payload
 from pushbase.schema import Column, ColumnType, Dataset
 from pushbase.settings import Settings
 from pushbase.storage.base import GroupRule, RowQuery, Store
+from pushbase.storage.compression import StoredPayload, pack, unpack
 from pushbase.storage.copies import PayloadCopies
 from pushbase.storage.gauge import QueueGauge
 from pushbase.storage.recent import RecentDatasets
@@ -113,6 +114,11 @@ MIGRATIONS: list[list[str]] = [
         " EXCEPTION WHEN OTHERS THEN"
         " ALTER TABLE _pb_payloads ALTER COLUMN data SET STORAGE EXTERNAL;"
         " END $$",
+    ],
+    [
+        # Payloads arrive compressed by the process that accepted them (compression.py).
+        "ALTER TABLE _pb_payloads ADD COLUMN codec text",
+        "ALTER TABLE _pb_payloads ALTER COLUMN data SET STORAGE EXTERNAL",
     ],
 ]
 
@@ -381,10 +387,10 @@ class PostgresStore(Store):
         return self.spool.new_incoming()
 
     def enqueue(self, job: Job, payload: Payload | None, window_start: datetime) -> Job:
-        data = payload.read() if payload is not None else None  # durable once committed
+        stored = pack(payload) if payload is not None else None  # durable once committed
         try:
             with self.copies.keeping(job.id, payload if self._keep_copies else None):
-                recorded = self._record(job, data, window_start)
+                recorded = self._record(job, stored, window_start)
         except BaseException:
             self.copies.drop(job.id)
             raise
@@ -394,25 +400,27 @@ class PostgresStore(Store):
             self.queue.added(job.bytes)
         return recorded
 
-    def _record(self, job: Job, data: bytes | None, window_start: datetime) -> Job:
+    def _record(self, job: Job, stored: StoredPayload | None, window_start: datetime) -> Job:
         with self._conn() as conn:
             if job.idempotency_key is None:
-                job.seq = self._insert_job(conn, job, data)
+                job.seq = self._insert_job(conn, job, stored)
                 return job
             with conn.transaction():
                 first = self._idempotent_match(conn, job, window_start)
                 if first is not None:
                     return first
-                job.seq = self._insert_job(conn, job, data)
+                job.seq = self._insert_job(conn, job, stored)
         return job
 
     @staticmethod
-    def _insert_job(conn: psycopg.Connection, job: Job, data: bytes | None) -> int:
+    def _insert_job(conn: psycopg.Connection, job: Job, stored: StoredPayload | None) -> int:
         """Record the job and its payload; its `seq`. One statement, so an acknowledgement
         waits for one round trip to a busy server, not five (BEGIN, …, COMMIT). The
         sequence number is drawn in the statement, so the stored document gets it there."""
         payload = (
-            ", p AS (INSERT INTO _pb_payloads SELECT id, %s FROM j)" if data is not None else ""
+            ", p AS (INSERT INTO _pb_payloads (job_id, data, codec) SELECT id, %s, %s FROM j)"
+            if stored is not None
+            else ""
         )
         return conn.execute(
             "WITH s AS (SELECT nextval(pg_get_serial_sequence('_pb_jobs', 'seq')) AS seq),"
@@ -422,7 +430,7 @@ class PostgresStore(Store):
             [
                 job.id, job.dataset_id, job.status.value, job.idempotency_key,
                 job.created_at, job.bytes, job.model_dump_json(),
-                *([data] if data is not None else []),
+                *(stored or ()),
             ],
         ).fetchone()[0]  # fmt: skip
 
@@ -567,11 +575,11 @@ class PostgresStore(Store):
     def read_payload(self, job: Job) -> bytes:
         with self._conn() as conn:
             row = conn.execute(
-                "SELECT data FROM _pb_payloads WHERE job_id = %s", [job.id]
+                "SELECT data, codec FROM _pb_payloads WHERE job_id = %s", [job.id]
             ).fetchone()
         if row is None:
             raise PushbaseError("payload_missing", "the job's payload is gone", 500)
-        return bytes(row[0])
+        return unpack(bytes(row[0]), row[1], job.bytes)
 
     def set_phase(self, job_id: str, phase: JobPhase, progress: int) -> None:
         job = self.get_job(job_id)
