@@ -6,9 +6,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import duckdb
+import psycopg
 import pytest
 
-from conftest import StoreFactory, create_dataset, finished_job, make_client, push, rows_of
+from conftest import PG_URL, StoreFactory, create_dataset, finished_job, make_client, push, rows_of
+from pushbase.errors import PushbaseError
 
 COLUMNS = [{"name": "id", "type": "integer"}, {"name": "note", "type": "string"}]
 
@@ -73,3 +76,24 @@ def test_a_job_accepted_by_a_process_without_workers_runs_from_postgresql(
             job = finished_job(worker, response.json()["job_id"])
             assert job["stats"]["inserted"] == 3000
             assert rows_of(worker, "notes", id=2999) == [{"id": 2999, "note": "note 2999"}]
+
+
+def test_a_store_migrated_by_a_later_release_is_refused_on_start(stores: StoreFactory) -> None:
+    """A later release may store what this one cannot read (PostgreSQL payloads became
+    compressed in schema version 3): a process must not start on such a store."""
+    settings = stores.new()
+    with make_client(settings) as client:
+        create_dataset(client, "notes", COLUMNS, unique_key=["id"])
+    if stores.backend == "duckdb":
+        with duckdb.connect(str(settings["data_dir"] / "pushbase.duckdb")) as conn:
+            conn.execute("INSERT INTO _pb_version SELECT max(version) + 1 FROM _pb_version")
+    else:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(
+                f'INSERT INTO "{settings["database_schema"]}"._pb_version'
+                f' SELECT max(version) + 1 FROM "{settings["database_schema"]}"._pb_version'
+            )
+    refusing = make_client(settings)
+    with pytest.raises(PushbaseError, match="migrated by a later pushbase") as refused:
+        refusing.__enter__()
+    assert refused.value.code == "store_too_new"

@@ -18,12 +18,25 @@ import pyarrow as pa
 
 from pushbase.auth import ApiKey
 from pushbase.decode import RowError
+from pushbase.errors import PushbaseError
 from pushbase.jobs.model import Job, JobError, JobPhase, JobStatus
 from pushbase.payload import Payload
 from pushbase.schema import Column, Dataset
 from pushbase.storage.writer import Work
 
 GroupRule = Callable[[list[Job], Job], bool]
+
+
+def refuse_newer_schema(found: int, known: int) -> None:
+    """A store migrated by a later release may hold what this one cannot read (compressed
+    payloads, new columns): refuse to start on it rather than fail jobs."""
+    if found > known:
+        raise PushbaseError(
+            "store_too_new",
+            f"the store was migrated by a later pushbase (schema version {found}; this"
+            f" release knows {known}): run the later release",
+            500,
+        )
 
 
 @dataclass

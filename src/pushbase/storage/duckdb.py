@@ -32,7 +32,7 @@ from pushbase.payload import Payload
 from pushbase.priority import call_in_background_thread, lower_this_thread
 from pushbase.schema import Column, ColumnType, Dataset
 from pushbase.settings import MIB, Settings
-from pushbase.storage.base import GroupRule, RowQuery, Store
+from pushbase.storage.base import GroupRule, RowQuery, Store, refuse_newer_schema
 from pushbase.storage.duckdb_memory import MemoryLimit, default_ceiling_mb, out_of_memory
 from pushbase.storage.inbox import Inbox
 from pushbase.storage.spool import Spool
@@ -132,6 +132,7 @@ class DuckDBStore(Store):
             cur.execute("CREATE TABLE IF NOT EXISTS _pb_version (version INTEGER)")
             row = cur.execute("SELECT max(version) FROM _pb_version").fetchone()
             current = row[0] or 0
+            refuse_newer_schema(current, len(MIGRATIONS))
             for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
                 cur.execute("BEGIN")
                 for statement in statements:

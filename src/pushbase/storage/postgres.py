@@ -50,7 +50,7 @@ from pushbase.jobs.model import (
 from pushbase.payload import Payload
 from pushbase.schema import Column, ColumnType, Dataset
 from pushbase.settings import Settings
-from pushbase.storage.base import GroupRule, RowQuery, Store
+from pushbase.storage.base import GroupRule, RowQuery, Store, refuse_newer_schema
 from pushbase.storage.compression import StoredPayload, pack, unpack
 from pushbase.storage.copies import PayloadCopies
 from pushbase.storage.gauge import QueueGauge
@@ -180,6 +180,7 @@ class PostgresStore(Store):
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [self._lock_key("migrate")])
             conn.execute("CREATE TABLE IF NOT EXISTS _pb_version (version integer NOT NULL)")
             current = conn.execute("SELECT max(version) FROM _pb_version").fetchone()[0] or 0
+            refuse_newer_schema(current, len(MIGRATIONS))
             for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
                 for statement in statements:
                     conn.execute(statement)
