@@ -1,9 +1,9 @@
 """Local copies of the payloads a PostgreSQL-backed process accepted, for its own workers.
 
 PostgreSQL holds every payload (DESIGN §6) so that any process can run any job. Most
-jobs, though, run in the process that accepted them, and reading a 1 MB payload back
-costs PostgreSQL about 6 ms of CPU (de-TOAST, lz4) plus the transfer, taken on a small
-machine from the writes and the acknowledgements. So the accepting process also keeps
+jobs, though, run in the process that accepted them, and reading a payload back costs
+PostgreSQL a de-TOAST and the transfer, and this process a decompression, taken on a
+small machine from the writes and the acknowledgements. So the accepting process also keeps
 the bytes in a file, without fsync (PostgreSQL's row is the durable copy), and its
 decoder reads them there. A copy is named by its job and is complete once it has
 `job.bytes` bytes; anything else is ignored and the row is read instead.
