@@ -210,3 +210,50 @@ def test_processes_over_one_postgresql_share_the_queue_figure(tmp_path):
             assert [status(first), status(second)] == [202, 202]
     finally:
         drop_schema(schema)
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "postgres"])
+def test_a_50_mb_push_is_acknowledged_without_holding_copies_of_it(tmp_path, backend):
+    """The body of a large push goes to disk in pieces as it arrives; PostgreSQL gets it
+    compressed piece by piece. Acknowledging it must not hold the body in memory, let
+    alone several copies (it took about three before compression moved into pushbase)."""
+    env, schema = {}, ""
+    if backend == "postgres":
+        postgres_or_skip()
+        schema = f"pbt_{secrets.token_hex(6)}"
+        env = {"PUSHBASE_DATABASE_URL": PG_URL, "PUSHBASE_DATABASE_SCHEMA": schema}
+    rows = [{"k": k, "note": f"customer {k} ordered item {k % 977} in city {k % 31}"}
+            for k in range(750_000)]  # fmt: skip
+    large = orjson.dumps(rows)
+    assert 45 * 2**20 < len(large) < 50 * 2**20  # the default PUSHBASE_MAX_BODY_BYTES
+    server = ServerProcess(tmp_path / "data", env=env)
+    server.start()
+    try:
+        with server.client(timeout=300) as http:
+            columns = [{"name": "k", "type": "integer"}, {"name": "note"}]
+            created = http.post("/v1/datasets", json={"id": "big", "unique_key": ["k"],
+                                                      "columns": columns})  # fmt: skip
+            assert created.status_code == 201
+            warm = http.post("/v1/datasets/big/records", json=rows[:1], params={"wait": 30})
+            assert warm.json()["status"] == "succeeded"
+            before = server.peak_rss_bytes()
+            response = http.post(
+                "/v1/datasets/big/records", content=large,
+                headers={"content-type": "application/json"},
+            )  # fmt: skip
+            assert response.status_code == 202, response.text
+            grown = server.peak_rss_bytes() - before
+            assert grown < len(large) // 2, f"{grown / 2**20:.0f} MB more for a 50 MB push"
+            job_id = response.json()["job_id"]
+            deadline = time.monotonic() + 120
+            while (job := http.get(f"/v1/jobs/{job_id}").json())["status"] not in (
+                "succeeded", "failed",
+            ):  # fmt: skip
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            assert job["status"] == "succeeded", job
+            assert job["stats"]["updated"] == 1 and job["stats"]["inserted"] == len(rows) - 1
+    finally:
+        server.kill()
+        if schema:
+            drop_schema(schema)
