@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import psycopg
 import pytest
@@ -154,8 +155,8 @@ def rows_of(client: TestClient, dataset_id: str, **params: Any) -> list[dict]:
     return response.json()["rows"]
 
 
-def finished_job(client: TestClient, job_id: str, timeout: float = 30) -> dict:
-    """Poll a job until it has ended; its document."""
+def finished_job(client: httpx.Client, job_id: str, timeout: float = 30) -> dict:
+    """Poll a job until it has ended; its document (any client: in-process or over HTTP)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = client.get(f"/v1/jobs/{job_id}").json()

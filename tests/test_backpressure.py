@@ -11,7 +11,14 @@ import httpx
 import orjson
 import pytest
 
-from conftest import PG_URL, create_dataset, drop_schema, make_client, postgres_or_skip
+from conftest import (
+    PG_URL,
+    create_dataset,
+    drop_schema,
+    finished_job,
+    make_client,
+    postgres_or_skip,
+)
 from serverproc import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -246,13 +253,7 @@ def test_a_50_mb_push_is_acknowledged_without_holding_copies_of_it(tmp_path, bac
             # Less than one copy: about 2 MB (embedded) and 21 MB (PostgreSQL, the compressed
             # bytes and their buffers); it was about 140 MB before.
             assert grown < len(large), f"{grown / 2**20:.0f} MB more for a 50 MB push"
-            job_id = response.json()["job_id"]
-            deadline = time.monotonic() + 120
-            while (job := http.get(f"/v1/jobs/{job_id}").json())["status"] not in (
-                "succeeded", "failed",
-            ):  # fmt: skip
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            job = finished_job(http, response.json()["job_id"], timeout=120)
             assert job["status"] == "succeeded", job
             assert job["stats"]["updated"] == 1 and job["stats"]["inserted"] == len(rows) - 1
     finally:

@@ -20,7 +20,7 @@ import httpx
 import orjson
 import pytest
 
-from conftest import PG_URL, drop_schema, postgres_or_skip
+from conftest import PG_URL, drop_schema, finished_job, postgres_or_skip
 from serverproc import ApiOnlyProcess, ServerProcess, WorkerProcess
 
 pytestmark = pytest.mark.slow
@@ -237,7 +237,7 @@ def test_another_process_applies_every_kind_of_payload_as_it_was_pushed(tmp_path
                 assert response.status_code == 202, response.text
                 ids.append(response.json()["job_id"])
             worker.start()  # none of the payloads is on its disk: it reads the rows
-            jobs = [wait_for_job(http, job_id) for job_id in ids]
+            jobs = [finished_job(http, job_id, timeout=60) for job_id in ids]
             assert [j["status"] for j in jobs] == ["succeeded"] * 4, jobs
             assert [j["stats"]["inserted"] for j in jobs] == [60_000, 500, 1, 2]
             export = http.get("/v1/datasets/t/export", params={"format": "ndjson"})
@@ -251,11 +251,3 @@ def test_another_process_applies_every_kind_of_payload_as_it_was_pushed(tmp_path
         for process in (api, worker):
             process.kill()
         drop_schema(schema)
-
-
-def wait_for_job(http: httpx.Client, job_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while (job := http.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, f"job {job_id} still {job['status']}"
-        time.sleep(0.05)
-    return job
