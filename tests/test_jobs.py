@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from conftest import create_dataset, finished_job, make_client, push, rows_of
 
@@ -119,6 +120,25 @@ def test_an_idempotent_retry_is_applied_once(client):
     assert retry["id"] == first["id"]
     assert len(rows_of(client, "t")) == 2
     assert len(client.get("/v1/jobs").json()["jobs"]) == 1
+
+
+def test_concurrent_pushes_with_one_idempotency_key_make_one_job(client):
+    create_dataset(client, "t", COLUMNS)  # no key: a second apply would duplicate rows
+    rows = [{"id": n, "v": "x" * 100} for n in range(2000)]
+
+    def send(_: int) -> str:
+        headers = {"Idempotency-Key": "once"}
+        response = client.post("/v1/datasets/t/records", json=rows, headers=headers)
+        assert response.status_code in (200, 202), response.text  # 200: the job had finished
+        answer = response.json()
+        return answer.get("job_id") or answer["id"]
+
+    with ThreadPoolExecutor(8) as pool:
+        job_ids = set(pool.map(send, range(16)))
+    assert len(job_ids) == 1
+    assert finished_job(client, job_ids.pop())["stats"]["inserted"] == 2000
+    assert len(client.get("/v1/jobs").json()["jobs"]) == 1
+    assert len(rows_of(client, "t", limit=5000)) == 2000
 
 
 def test_an_idempotency_key_with_another_payload_is_a_conflict(client):

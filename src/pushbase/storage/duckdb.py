@@ -105,7 +105,7 @@ class DuckDBStore(Store):
         )
         self._jobs_lock = threading.Lock()  # job state transitions: enqueue, claim, cancel
         self._register_lock = threading.Lock()
-        self._accept_lock = threading.Lock()  # seq order = the order jobs become pending
+        self._accept_lock = threading.Lock()  # numbers jobs in acceptance order
         self._datasets: dict[str, Dataset] = {}
         self._keys: dict[str, ApiKey] = {}  # by hash
         self._phases: dict[str, tuple[JobPhase, int]] = {}  # running jobs' progress
@@ -359,15 +359,21 @@ class DuckDBStore(Store):
 
     def enqueue(self, job: Job, payload: Payload | None, window_start: datetime) -> Job:
         # Not the jobs lock: claims hold that across DuckDB statements, which may wait for a
-        # large commit. Acceptance touches only files and memory, so it never waits for them.
+        # large commit. Acceptance touches only files and memory, so it never waits for them;
+        # the lock only numbers jobs, and their files are made durable side by side.
         with self._accept_lock:
+            first = None
             if job.idempotency_key is not None:
                 first = self.inbox.first_with_key(job, window_start)
-                if first is not None:
-                    return self.get_job(first.id) or first
-            self._seq += 1
-            job.seq = self._seq
-            self.inbox.accept(job, payload)
+            if first is None:
+                self._seq += 1
+                job.seq = self._seq
+                self.inbox.reserve(job)
+        if first is not None:
+            if self.inbox.written(first):
+                return self.get_job(first.id) or first
+            return self.enqueue(job, payload, window_start)  # the first one failed: be it
+        self.inbox.accept(job, payload)
         self._wake_registrar.set()
         return job
 

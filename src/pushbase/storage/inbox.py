@@ -7,6 +7,12 @@ making one file durable in the spool — the payload with the job document, see
 After a crash, spool files whose job the catalog lacks are recorded on start. In
 memory it keeps what the request path asks: the pending jobs themselves, the
 idempotency keys of the last 24 hours, and the bytes waiting to be applied.
+
+Files are written side by side: a push never waits for another push's fsync, which
+under a heavy write can take tens of milliseconds each. A job is numbered first
+(`reserve`), then made durable (`accept`); it becomes pending only once every job
+numbered before it is durable or given up, so the catalog still learns jobs in
+acceptance order.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ class Inbox:
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
         self._pending: dict[str, Job] = {}
+        self._writing: dict[str, tuple[Job, threading.Event]] = {}  # reserved, not yet durable
         self._idempotency: dict[tuple[str, str], Job] = {}  # (dataset, key) → first job
         self._lock = threading.Lock()
         self.waiting_bytes = 0  # payload bytes of jobs not finished
@@ -49,18 +56,50 @@ class Inbox:
             raise idempotency_conflict(first)
         return first
 
-    def accept(self, job: Job, payload: Payload | None) -> None:
-        """Make the job durable with its payload (blocking), then pending."""
-        self.spool.keep(job, payload)
+    def reserve(self, job: Job) -> None:
+        """Claim the job's number and idempotency key (under the store's accept lock)."""
         with self._lock:
-            self._pending[job.id] = job
+            self._writing[job.id] = (job, threading.Event())
             if job.idempotency_key is not None:
                 self._idempotency[(job.dataset_id, job.idempotency_key)] = job
+
+    def accept(self, job: Job, payload: Payload | None) -> None:
+        """Make a reserved job durable with its payload (blocking), then pending; on
+        failure the job is given up and its idempotency key freed."""
+        try:
+            self.spool.keep(job, payload)
+        except BaseException:
+            with self._lock:
+                _, written = self._writing.pop(job.id)
+                key = (job.dataset_id, job.idempotency_key)
+                if self._idempotency.get(key) is job:
+                    del self._idempotency[key]
+            written.set()
+            raise
+        with self._lock:
+            _, written = self._writing.pop(job.id)
+            self._pending[job.id] = job
             self.waiting_bytes += job.bytes
+        written.set()
+
+    def written(self, first: Job) -> bool:
+        """Whether the first job with an idempotency key was made durable, waiting while
+        its file is being written (False: it was given up, the key is free again)."""
+        with self._lock:
+            entry = self._writing.get(first.id)
+        if entry is not None:
+            entry[1].wait()
+        with self._lock:
+            return self._idempotency.get((first.dataset_id, first.idempotency_key)) is first
 
     def pending(self) -> list[Job]:
+        """Pending jobs in acceptance order, up to the first one still being written."""
         with self._lock:
-            return sorted(self._pending.values(), key=lambda j: j.seq)
+            jobs = sorted(self._pending.values(), key=lambda j: j.seq)
+            if self._writing:
+                first_unwritten = min(job.seq for job, _ in self._writing.values())
+                jobs = [job for job in jobs if job.seq < first_unwritten]
+            return jobs
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
