@@ -341,7 +341,7 @@ def test_a_push_written_over_a_finished_jobs_file_survives_sigkill(tmp_path) -> 
             assert second.status_code == 202, second.text
             job_id = second.json()["job_id"]
         server.kill()
-        assert not (data / "spool" / f"{job_id}.job").exists()  # it went into another's file
+        assert [p.name for p in (data / "spool").glob("*.job")] == [f"{cancelled}.job"]
 
         restarted = ServerProcess(data, log_path=tmp_path / "server2.log")
         restarted.start()

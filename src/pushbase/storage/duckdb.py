@@ -35,7 +35,7 @@ from pushbase.settings import MIB, Settings
 from pushbase.storage.base import GroupRule, RowQuery, Store, refuse_newer_schema
 from pushbase.storage.duckdb_memory import MemoryLimit, default_ceiling_mb, out_of_memory
 from pushbase.storage.inbox import Inbox
-from pushbase.storage.spool import SPARE_BYTES, Spool
+from pushbase.storage.spool import Spool
 from pushbase.storage.sql import job_filter, quote, table_name
 from pushbase.storage.writer import (
     AtomicViolation,
@@ -167,11 +167,9 @@ class DuckDBStore(Store):
         self._register()
         self._drop_orphan_payloads()
         self._registrar.start()
-        self.spool.start_spares(SPARE_BYTES)
 
     def close(self) -> None:
         self._closing.set()
-        self.spool.stop_spares()
         self._wake_registrar.set()
         if self._registrar.is_alive():
             self._registrar.join(10)

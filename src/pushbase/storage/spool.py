@@ -12,9 +12,6 @@ wait reached most of a second. So a finished job's file is kept (up to
 written over it in place and `fdatasync`'d: same blocks, same size, no journal wait.
 Its CRC tells a completed overwrite from one cut off by a crash, whose bytes may mix
 two jobs. A file's name is the job that created it; `_files` maps later jobs to it.
-A background thread keeps a quarter of that budget in spare files (zeros, named
-`spare-*.job`) so that the first burst after a start finds some; a restart keeps
-wiped files for reuse and deletes only those cut off before their fsync.
 
 Request bodies too large to hold in memory are spilled to `incoming/` while they
 arrive; the store appends the document to that file and moves it here.
@@ -32,13 +29,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pushbase.jobs.model import Job
-from pushbase.payload import Payload, fsync_path
-from pushbase.priority import lower_this_thread
+from pushbase.payload import Payload
 
 JOB_SUFFIX = ".job"
 ROUND_BYTES = 128 * 1024  # new files are padded to this, so later pushes of a similar size fit
-# Spares fit a body held in memory (the request path spills beyond 1 MiB) and its document.
-SPARE_BYTES = 1024 * 1024 + ROUND_BYTES
 _LEGACY_SUFFIX = ".payload"  # written by earlier versions next to a `.job` document
 _FOOTER = struct.Struct("<QQII8s")  # payload length, document length, CRC-32, flags, magic
 _MAGIC = b"PBJOB\x00v2"
@@ -69,9 +63,6 @@ class Spool:
         self._free_names: set[str] = set()
         self._free_bytes = 0
         self._found: list[Job] = []
-        self._spares: threading.Thread | None = None
-        self._wanted = threading.Event()  # the pool shrank: make spares
-        self._stopping = threading.Event()
 
     def prepare(self) -> None:
         """Empty `incoming/`; read the jobs of complete files and delete the rest."""
@@ -80,70 +71,13 @@ class Spool:
             stale.unlink(missing_ok=True)
         self._found = []
         for path in self.root.glob(f"*{JOB_SUFFIX}"):
-            if _is_wiped(path) and self._offer(path):
-                continue  # a reusable file, kept from the last run
             job = _read_document(path)
-            if job is None:  # cut off before its fsync
+            if job is None:  # cut off before its fsync, or a wiped reusable file
                 path.unlink(missing_ok=True)
                 continue
             self._found.append(job)
             if path != self.path_for(job.id):
                 self._hold(job.id, path)
-
-    def start_spares(self, size: int) -> None:
-        """Keep up to a quarter of `reuse_bytes` in reusable files of `size` bytes,
-        made by a background thread, so that a burst of pushes after a start finds some."""
-        if self.reuse_bytes and self._spares is None:
-            self._spares = threading.Thread(
-                target=self._make_spares, args=(size,), name="pushbase-spool-spares", daemon=True
-            )
-            self._spares.start()
-
-    def stop_spares(self) -> None:
-        self._stopping.set()
-        self._wanted.set()
-        if self._spares is not None:
-            self._spares.join(10)
-            self._spares = None
-
-    def _make_spares(self, size: int) -> None:
-        lower_this_thread()
-        target = self.reuse_bytes // 4
-        while not self._stopping.is_set():
-            self._wanted.wait(1.0)
-            self._wanted.clear()
-            made: list[Path] = []
-            while not self._stopping.is_set() and len(made) < 8:
-                with self._lock:
-                    if self._free_bytes + size * (len(made) + 1) > target:
-                        break
-                path = self.root / f"spare-{secrets.token_hex(10)}{JOB_SUFFIX}"
-                try:
-                    with path.open("wb") as out:
-                        out.write(bytes(size))  # all zeros: a wiped file
-                        out.flush()
-                        os.fsync(out.fileno())
-                except OSError:
-                    path.unlink(missing_ok=True)
-                    break
-                made.append(path)
-            if made:
-                fsync_path(self.root)  # named durably before any push is written over them
-                for path in made:
-                    if not self._offer(path):
-                        path.unlink(missing_ok=True)
-                self._wanted.set()  # more may be wanted
-
-    def _offer(self, path: Path) -> bool:
-        """Put a wiped file in the pool if it has room."""
-        size = path.stat().st_size
-        with self._lock:
-            if self._free_bytes + size > self.reuse_bytes:
-                return False
-            bisect.insort(self._free, (size, path.name))
-            self._free_names.add(path.name)
-            self._free_bytes += size
-            return True
 
     def new_incoming(self) -> Path:
         return self.incoming / secrets.token_hex(12)
@@ -198,7 +132,6 @@ class Spool:
             size, name = self._free.pop(at)
             self._free_names.discard(name)
             self._free_bytes -= size
-        self._wanted.set()
         return self.root / name
 
     def read(self, job: Job) -> bytes:
@@ -223,8 +156,14 @@ class Spool:
                 if path.name in self._holders or path.name in self._free_names:
                     return  # no longer this job's file
         (self.root / f"{job_id}{_LEGACY_SUFFIX}").unlink(missing_ok=True)
-        if self.reuse_bytes and _wipe_footer(path) and self._offer(path):
-            return
+        size = _wipe_footer(path) if self.reuse_bytes else None
+        if size is not None:
+            with self._lock:
+                if self._free_bytes + size <= self.reuse_bytes:
+                    bisect.insort(self._free, (size, path.name))
+                    self._free_names.add(path.name)
+                    self._free_bytes += size
+                    return
         path.unlink(missing_ok=True)
 
     def job_ids(self) -> set[str]:
@@ -261,31 +200,22 @@ def _overwrite(path: Path, chunks: list[bytes], document: bytes) -> None:
         os.fdatasync(out.fileno())
 
 
-def _wipe_footer(path: Path) -> bool:
-    """Make a finished job's file no job, for reuse (False if it is not of this format).
-    Not synced: a crash before the wipe is on disk finds a finished job, not a new one."""
+def _wipe_footer(path: Path) -> int | None:
+    """Make a finished job's file no job, for reuse; its size, or None if it is not of
+    this format. Not synced: a crash before the wipe is on disk finds a finished job."""
     try:
         with path.open("r+b") as out:
             size = os.fstat(out.fileno()).st_size
             if size < _FOOTER.size:
-                return False
+                return None
             out.seek(size - len(_MAGIC))
             if out.read(len(_MAGIC)) != _MAGIC:
-                return False
+                return None
             out.seek(size - len(_MAGIC))
             out.write(bytes(len(_MAGIC)))
-            return True
+            return size
     except FileNotFoundError:
-        return False
-
-
-def _is_wiped(path: Path) -> bool:
-    with path.open("rb") as source:
-        size = source.seek(0, os.SEEK_END)
-        if size < _FOOTER.size:
-            return False
-        source.seek(size - len(_MAGIC))
-        return source.read(len(_MAGIC)) == bytes(len(_MAGIC))
+        return None
 
 
 def _read_document(path: Path) -> Job | None:
