@@ -320,46 +320,6 @@ def test_a_spool_file_cut_off_before_its_fsync_is_no_job(tmp_path) -> None:
         server.stop()
 
 
-def test_a_push_written_over_a_finished_jobs_file_survives_sigkill(tmp_path) -> None:
-    """A finished job's file is kept and the next push that fits is written over it in
-    place. Killed right after that push's 202, a restart applies it exactly once, and
-    the finished job stays finished."""
-    data = tmp_path / "data"
-    server = ServerProcess(data, workers=0, log_path=tmp_path / "server.log")
-    server.start()
-    try:
-        with server.client() as http:
-            create_dataset(http)
-            url = f"/v1/datasets/{DATASET}/records"
-            first = http.post(url, params={"method": "insert"}, json=[{"k": "first", "version": 1}])
-            assert first.status_code == 202, first.text
-            cancelled = first.json()["job_id"]
-            assert http.post(f"/v1/jobs/{cancelled}/cancel").json()["status"] == "cancelled"
-            second = http.post(
-                url, params={"method": "insert"}, json=[{"k": "again", "version": 2}]
-            )
-            assert second.status_code == 202, second.text
-            job_id = second.json()["job_id"]
-        server.kill()
-        assert [p.name for p in (data / "spool").glob("*.job")] == [f"{cancelled}.job"]
-
-        restarted = ServerProcess(data, log_path=tmp_path / "server2.log")
-        restarted.start()
-        try:
-            docs = wait_all(restarted, [job_id, cancelled])
-            assert docs[job_id]["status"] == "succeeded", docs[job_id]
-            assert docs[job_id]["stats"]["inserted"] == 1
-            assert docs[cancelled]["status"] == "cancelled"
-            with restarted.client() as http:
-                rows = http.get(f"/v1/datasets/{DATASET}/records").json()["rows"]
-                assert [(r["k"], r["version"]) for r in rows] == [("again", 2)]
-                assert len(http.get("/v1/jobs").json()["jobs"]) == 2
-        finally:
-            restarted.stop()
-    finally:
-        server.stop()
-
-
 def test_a_queued_job_spooled_by_an_earlier_version_still_runs(tmp_path) -> None:
     """Earlier versions kept a recorded job's payload alone in `<job id>.payload`. A
     data directory stopped with such a job queued must still apply it after upgrading."""

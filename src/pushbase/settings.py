@@ -61,12 +61,6 @@ class Settings(BaseSettings):
         ge=1,
         description="embedded store: DuckDB's threads (default: all cores but one)",
     )
-    spool_reuse_bytes: int = Field(
-        256 * MIB,
-        ge=0,
-        description="embedded store: finished jobs' spool files kept for later pushes to"
-        " be written over (0: delete them)",
-    )
     duckdb_checkpoint_mb: int = Field(
         256, ge=1, description="embedded store: write-ahead log size that triggers a checkpoint"
     )

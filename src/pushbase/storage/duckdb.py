@@ -97,7 +97,7 @@ class DuckDBStore(Store):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.spool = Spool(settings.spool_dir, settings.spool_reuse_bytes)
+        self.spool = Spool(settings.spool_dir)
         self.inbox = Inbox(self.spool)
         self._db: duckdb.DuckDBPyConnection | None = None
         self.memory = MemoryLimit(
