@@ -42,6 +42,8 @@ _FAST_NAIVE = r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)?$
 _FAST_ZONED = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})$"
 TRUE_WORDS = frozenset({"true", "1", "yes"})
 FALSE_WORDS = frozenset({"false", "0", "no"})
+# Types whose values mostly arrive as JSON strings.
+_FROM_TEXT = frozenset({ColumnType.string, ColumnType.date, ColumnType.datetime})
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 UINT64_MAX = 2**64 - 1
 EPOCH = datetime(1970, 1, 1)
@@ -81,6 +83,16 @@ def coerce_column(values: Sequence[Any], column: Column) -> ColumnResult:
 def _fast_from_python(values: Sequence[Any], column: Column) -> pa.Array | None:
     if column.type is ColumnType.json:
         return None
+    if column.type in _FROM_TEXT:
+        # Most often every value is a string: converting with the type known is ~10x
+        # faster than letting Arrow infer it. Any non-string fails, then infer as before.
+        try:
+            text = pa.array(values, pa.string())
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass
+        else:
+            if text.null_count < len(text):  # all null: the inferred null type says so
+                return _fast_from_arrow(text, column)
     try:
         natural = pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
@@ -156,6 +168,8 @@ def _fast_datetime(arr: pa.Array) -> pa.Array | None:
     if not pa.types.is_string(kind):
         return None
     zoned = pc.match_substring_regex(arr, _FAST_ZONED)
+    if pc.all(zoned).as_py():  # the common case, every value with its offset: one parse
+        return pc.cast(arr, pa.timestamp("us", tz="UTC")).cast(pa.timestamp("us"))
     naive = pc.match_substring_regex(arr, _FAST_NAIVE)
     if pc.all(pc.or_(zoned, naive)).as_py() is False:
         return None
