@@ -11,11 +11,14 @@ runner of a Python process and started on first use; with
 from __future__ import annotations
 
 import atexit
+import importlib.abc
 import multiprocessing
+import sys
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 from pushbase.decode import DecodedBatch, DecodeOptions, decode_payload, format_for, is_gzip
 from pushbase.jobs.model import Job
@@ -45,6 +48,21 @@ def decode_job(
     )
 
 
+class _WithoutPandas(importlib.abc.MetaPathFinder):
+    """pyarrow imports pandas, when it is installed, the first time it converts a Python
+    list, only to ask whether the list is a pandas object: ~40 MB in every decoding
+    process for nothing. A decoding process sees only lists, so pandas stays out."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> None:
+        if name == "pandas":
+            raise ModuleNotFoundError("not imported in a decoding process", name=name)
+
+
+def _start_decoding_process() -> None:
+    lower_this_thread()
+    sys.meta_path.insert(0, _WithoutPandas())
+
+
 def _pool(processes: int) -> ProcessPoolExecutor:
     with _pools_lock:
         pool = _pools.get(processes)
@@ -52,7 +70,7 @@ def _pool(processes: int) -> ProcessPoolExecutor:
             # spawn, not fork: the server has threads and open database handles.
             context = multiprocessing.get_context("spawn")
             pool = _pools[processes] = ProcessPoolExecutor(
-                processes, mp_context=context, initializer=lower_this_thread
+                processes, mp_context=context, initializer=_start_decoding_process
             )
         return pool
 
