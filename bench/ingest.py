@@ -56,6 +56,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(BENCH))
 
 from baseline import run_baseline  # noqa: E402
+from pgactivity import activity  # noqa: E402
 from probe import PROBE_DATASET, LatencyProbe  # noqa: E402
 from pushclient import PushConnection  # noqa: E402
 from report import (  # noqa: E402
@@ -338,13 +339,17 @@ def run_phase(
     url: str,
     api_key: str,
     dataset: str,
+    postgres_url: str | None = None,
 ) -> PhaseResult:
+    """Push the batches, wait for their jobs. With `postgres_url`, also print what the
+    PostgreSQL server wrote meanwhile."""
     tag = f"{label} {name}"
     records = sum(rows for _, rows in batches)
     print(f"[{tag}] pushing {records:,} records in {len(batches)} pushes", flush=True)
     result = PhaseResult(name, name, records, len(batches))
     probe = LatencyProbe(url, api_key, batches[0][0])
     probe.start()
+    server_before = activity(postgres_url) if postgres_url else None
     pushes, started = push_all(url, api_key, dataset, name, batches, args.clients)
     result.accept_seconds = time.time() - started
     result.retries_429 = sum(p.retries for p in pushes)
@@ -356,6 +361,7 @@ def run_phase(
     acked = sorted((p for p in pushes if p.job_id), key=lambda p: p.acked_at)
     result.ack_ms = [p.ack_ms for p in acked]
     docs, last_seen = wait_jobs(url, api_key, [p.job_id for p in acked], args.job_timeout)
+    server_after = activity(postgres_url) if postgres_url else None
     probes = probe.stop()
     result.probe_ms = [ms for _, ms in probes]
     accepted_at = started + result.accept_seconds
@@ -394,6 +400,8 @@ def run_phase(
         f"429 retries {result.retries_429}; stats {totals}",
         flush=True,
     )
+    if server_before and server_after:
+        print(f"[{tag}] PostgreSQL meanwhile: {server_after.since(server_before)}", flush=True)
     return result
 
 
@@ -567,11 +575,17 @@ def bench_backend(
         n, new = workload.rows, workload.new_in_upsert
         phases = result.phases
         problems = result.problems
+        # A server of our own: its database is PG_URL's, whose counters the phases print.
+        pg = PG_URL if schema else None
 
-        phases["insert"] = run_phase(label, "insert", workload.insert, args, url, api_key, dataset)
+        phases["insert"] = run_phase(
+            label, "insert", workload.insert, args, url, api_key, dataset, pg
+        )
         problems += phase_problems(phases["insert"], {"inserted": n})
 
-        phases["upsert"] = run_phase(label, "upsert", workload.upsert, args, url, api_key, dataset)
+        phases["upsert"] = run_phase(
+            label, "upsert", workload.upsert, args, url, api_key, dataset, pg
+        )
         problems += phase_problems(phases["upsert"], {"inserted": new, "updated": n - new})
         problems += check_dataset(
             url,
@@ -583,7 +597,7 @@ def bench_backend(
 
         if not args.no_delete:
             phases["delete"] = run_phase(
-                label, "delete", workload.delete, args, url, api_key, dataset
+                label, "delete", workload.delete, args, url, api_key, dataset, pg
             )
             gone = workload.deleted
             problems += phase_problems(phases["delete"], {"deleted": len(gone), "not_found": 0})
