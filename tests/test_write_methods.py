@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import threading
 
+import orjson
+import pytest
+
 from conftest import create_dataset, finished_job, push, rows_of
 
 COLUMNS = [
@@ -95,6 +98,24 @@ def test_upsert_absent_and_null_differ_within_one_batch(client):
     assert rows_of(client, "people") == [
         {"id": 1, "name": "n1", "city": None, "visits": None},
         {"id": 2, "name": "renamed", "city": "Oslo", "visits": None},
+    ]
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-ndjson"])
+def test_upsert_a_record_after_complete_ones_may_omit_fields(client, content_type):
+    keyed(client)
+    push(client, "people", [{"id": 3, "name": "c", "city": "Oslo", "visits": 1}])
+    records = [{"id": i, "name": f"n{i}", "city": "Rome", "visits": 0} for i in (1, 2)]
+    records.append({"id": 3, "visits": 5})  # the only record without every field
+    body = orjson.dumps(records)
+    if content_type == "application/x-ndjson":
+        body = b"\n".join(orjson.dumps(r) for r in records)
+    job = push(client, "people", body, content_type=content_type)
+    assert job["stats"]["inserted"] == 2 and job["stats"]["updated"] == 1
+    assert rows_of(client, "people") == [
+        {"id": 1, "name": "n1", "city": "Rome", "visits": 0},
+        {"id": 2, "name": "n2", "city": "Rome", "visits": 0},
+        {"id": 3, "name": "c", "city": "Oslo", "visits": 5},
     ]
 
 

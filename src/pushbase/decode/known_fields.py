@@ -27,23 +27,35 @@ from pushbase.schema import ColumnType, Dataset
 _ABSENT = msgspec.UNSET
 
 
+Decoders = tuple[msgspec.json.Decoder, msgspec.json.Decoder]  # array of records, one record
+
+
 @functools.lru_cache(maxsize=64)
-def _decoders(
-    names: tuple[str, ...],
-) -> tuple[msgspec.json.Decoder, msgspec.json.Decoder] | None:
-    """(array of records, one record) decoders for records with these fields."""
-    fields = [(f"f{i}", Any, _ABSENT) for i in range(len(names))]
-    try:
-        record = msgspec.defstruct(
-            "Record",
-            fields,
-            rename={f"f{i}": name for i, name in enumerate(names)},
-            forbid_unknown_fields=True,
-            gc=False,  # records hold no cycles: keep them out of the collector's way
-        )
-    except ValueError:  # msgspec refuses field names with `"`, `\\` or control characters
-        return None
-    return msgspec.json.Decoder(list[record]), msgspec.json.Decoder(record)
+def _decoders(names: tuple[str, ...]) -> tuple[Decoders, Decoders] | None:
+    """Decoders for records with these fields: (every field required, any may be absent)."""
+    rename = {f"f{i}": name for i, name in enumerate(names)}
+    pairs = []
+    for fields in (
+        [(f"f{i}", Any) for i in range(len(names))],
+        [(f"f{i}", Any, _ABSENT) for i in range(len(names))],
+    ):
+        try:
+            record = msgspec.defstruct(
+                "Record",
+                fields,
+                rename=rename,
+                forbid_unknown_fields=True,
+                gc=False,  # records hold no cycles: keep them out of the collector's way
+            )
+        except ValueError:  # msgspec refuses field names with `"`, `\\` or control characters
+            return None
+        pairs.append((msgspec.json.Decoder(list[record]), msgspec.json.Decoder(record)))
+    return pairs[0], pairs[1]
+
+
+def _decode(data: bytes, fmt: PayloadFormat, decoders: Decoders) -> list[Any]:
+    many, one = decoders
+    return many.decode(data) if fmt is PayloadFormat.json else one.decode_lines(data)
 
 
 def known_field_columns(
@@ -60,9 +72,20 @@ def known_field_columns(
     decoders = _decoders(tuple(c.name for c in columns))
     if decoders is None:
         return None
-    many, one = decoders
+    complete, partial = decoders
+    # Most pushes carry every field in every record. Decoded with every field required,
+    # no column needs a search for absent values (a tenth of the decode); a record that
+    # lacks one stops that decode where it stands, and the payload is decoded again
+    # with fields allowed to be absent.
+    absent_possible = False
     try:
-        records = many.decode(data) if fmt is PayloadFormat.json else one.decode_lines(data)
+        records = _decode(data, fmt, complete)
+    except msgspec.ValidationError:
+        absent_possible = True
+        try:
+            records = _decode(data, fmt, partial)
+        except (msgspec.MsgspecError, ValueError):
+            return None
     except (msgspec.MsgspecError, ValueError):  # ValueError: invalid UTF-8
         return None
     if not records:
@@ -71,7 +94,7 @@ def known_field_columns(
     present: dict[str, pa.Array] = {}
     for position, name in sorted(enumerate(c.name for c in columns), key=lambda item: item[1]):
         values = list(map(attrgetter(f"f{position}"), records))
-        if _ABSENT in values:
+        if absent_possible and _ABSENT in values:
             has = [v is not _ABSENT for v in values]
             if not any(has):
                 continue
