@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -268,15 +269,22 @@ def _build(
     return DecodedBatch(table, present, errors, received, ignored, new_columns)
 
 
-_ROW_NUMBERS = pa.array(range(1 << 16), pa.int64())
+SHARED_ROW_NUMBERS = 1 << 16
+
+
+@functools.cache
+def _shared_row_numbers() -> pa.Array:
+    # Built on first use, not on import: a conversion at import would load pandas (when
+    # installed) into a decoding process before it can refuse it (`jobs.decoding`).
+    return pa.array(range(SHARED_ROW_NUMBERS), pa.int64())
 
 
 def _row_numbers(count: int) -> pa.Array:
     """0 … count-1. Copied out of one shared array: ~50x faster than from a `range`, and
     a copy, not a slice, so that pickling it does not carry the whole shared buffer."""
-    if count > len(_ROW_NUMBERS):
+    if count > SHARED_ROW_NUMBERS:
         return pa.array(range(count), pa.int64())
-    return pa.concat_arrays([_ROW_NUMBERS.slice(0, count)])
+    return pa.concat_arrays([_shared_row_numbers().slice(0, count)])
 
 
 def _value_at(values: Any, row: int) -> Any:
