@@ -280,8 +280,9 @@ def _shared_row_numbers() -> pa.Array:
 
 
 def _row_numbers(count: int) -> pa.Array:
-    """0 … count-1. Copied out of one shared array: ~50x faster than from a `range`, and
-    a copy, not a slice, so that pickling it does not carry the whole shared buffer."""
+    """0 … count-1, copied out of one shared array: microseconds, where building 4,500
+    from a `range` takes 0.3 ms. A copy, not a slice: a pickled slice carries the whole
+    shared buffer to the process that receives it."""
     if count > SHARED_ROW_NUMBERS:
         return pa.array(range(count), pa.int64())
     return pa.concat_arrays([_shared_row_numbers().slice(0, count)])
