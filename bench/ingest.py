@@ -152,17 +152,26 @@ class Push:
 
 
 class RssSampler(threading.Thread):
-    """Samples the server's RSS (process group sum) every 100 ms; keeps the peak."""
+    """Samples the server's RSS (process group sum) every 100 ms; keeps the peak, and the
+    peak of its anonymous part.
+
+    RSS also counts the pages of mapped files, the shared libraries above all, in every
+    process that touched them, and how many of those a process maps depends on how much
+    of each library the page cache holds: freshly installed libraries count ~40 MB more
+    per process than ones the kernel has partly dropped. The anonymous part does not vary
+    with that."""
 
     def __init__(self, server: ServerProcess | None) -> None:
         super().__init__(daemon=True)
         self.server = server
         self.peak = 0
+        self.peak_anon = 0
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while self.server is not None and not self._stop_event.is_set():
             self.peak = max(self.peak, self.server.rss_bytes())
+            self.peak_anon = max(self.peak_anon, self.server.rss_bytes("RssAnon"))
             self._stop_event.wait(0.1)
 
     def stop(self) -> None:
@@ -636,10 +645,12 @@ def bench_backend(
         if schema and not args.keep:
             drop_pg_schema(schema)
     result.peak_rss = max(sampler.peak, hwm)
+    result.peak_anon = sampler.peak_anon
     if server:
         print(
             f"[{label}] peak server RSS: {result.peak_rss / 1e6:.0f} MB (sampled process "
-            f"group {sampler.peak / 1e6:.0f} MB, VmHWM {hwm / 1e6:.0f} MB)"
+            f"group {sampler.peak / 1e6:.0f} MB, VmHWM {hwm / 1e6:.0f} MB; anonymous "
+            f"memory {sampler.peak_anon / 1e6:.0f} MB)"
         )
     return result
 

@@ -54,6 +54,7 @@ class BackendRun:
     run: int
     phases: dict[str, PhaseResult] = field(default_factory=dict)
     peak_rss: int = 0
+    peak_anon: int = 0  # the RSS peak's anonymous part (RssAnon), without mapped files
     problems: list[str] = field(default_factory=list)  # lost rows, wrong counts, ...
 
     @property
@@ -327,12 +328,15 @@ def summary_rows(runs: Sequence[BackendRun], baseline: Sequence[float]) -> list[
             continue
         values = [r.peak_rss / 1e6 for r in mine]
         value = median(values)
+        anon = median([r.peak_anon / 1e6 for r in mine])
         measured = backend == "duckdb"
         rows.append(
             Row(
                 f"server peak RSS during the {LABELS[backend]} run",
                 f"≤ {PEAK_RSS_MB:.0f} MB" if measured else "— (reported)",
-                f"{value:,.0f} MB" + fmt_runs(values, lambda v: f"{v:,.0f}"),
+                f"{value:,.0f} MB"
+                + fmt_runs(values, lambda v: f"{v:,.0f}")
+                + f"; anonymous memory {anon:,.0f} MB",
                 "—",
                 verdict(value <= PEAK_RSS_MB) if measured else "—",
             )

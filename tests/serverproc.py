@@ -286,12 +286,13 @@ class ServerProcess:
         tail = text[-max_chars:]
         return f"--- server log {self.log_path} (last {len(tail)} chars) ---\n{tail}"
 
-    def rss_bytes(self) -> int:
-        """Current resident memory of the server and its children (sum of VmRSS)."""
+    def rss_bytes(self, field: str = "VmRSS") -> int:
+        """Current resident memory of the server and its children (sum of VmRSS; with
+        `field="RssAnon"`, only their anonymous memory, without mapped files)."""
         if not self.running():
             return 0
         return sum(
-            _kib_field(_read_proc_status(pid), "VmRSS") for pid in process_group_members(self.pid)
+            _kib_field(_read_proc_status(pid), field) for pid in process_group_members(self.pid)
         )
 
     def peak_rss_bytes(self) -> int:
