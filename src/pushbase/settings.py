@@ -68,6 +68,41 @@ class Settings(BaseSettings):
         32, ge=0, description="embedded store: log size checkpointed when no job runs (0: never)"
     )
 
+    # -- what one request or key may cost (hardening) --------------------------------
+    max_row_errors_text: int = Field(
+        200, ge=16, description="characters of a row error's value, column name and message kept"
+    )
+    max_job_document_bytes: int = Field(
+        256 * 1024,
+        ge=16 * 1024,
+        description="a job document's JSON size at most; row errors beyond it are counted, not kept",
+    )
+    max_new_columns_per_push: int = Field(
+        100,
+        ge=0,
+        description="columns one push may add to an `evolve` dataset; the rest are row errors",
+    )
+    max_decode_memory_mb: int = Field(
+        2048,
+        ge=64,
+        description="memory a decoding process may use; a payload needing more fails its job",
+    )
+    http_header_timeout_seconds: float = Field(
+        10.0, gt=0, description="time a client has to send a request's headers"
+    )
+    http_body_timeout_seconds: float = Field(
+        120.0, gt=0, description="time a client has to send a request's whole body (408 after)"
+    )
+    http_keepalive_seconds: float = Field(
+        5.0, gt=0, description="idle time before a keep-alive connection is closed"
+    )
+    http_max_connections: int = Field(
+        1000, ge=1, description="open connections served at once; more are answered 503"
+    )
+    public_metrics: bool = Field(
+        False, description="serve /metrics without a key (else a read key is needed)"
+    )
+
     @property
     def spool_dir(self) -> Path:
         return self.data_dir / "spool"
