@@ -130,9 +130,10 @@ def test_admin_env_key_is_admin(anon):
 
 
 def test_service_routes_need_no_key(anon):
-    for path in ("/healthz", "/readyz", "/metrics"):
+    for path in ("/healthz", "/readyz"):
         response = anon.get(path)
         assert response.status_code == 200, (path, response.text)
+    assert anon.get("/metrics").status_code == 401  # unless PUSHBASE_PUBLIC_METRICS
 
 
 # -- creating, listing and revoking keys ---------------------------------------------------

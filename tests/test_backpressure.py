@@ -117,58 +117,6 @@ def test_a_burst_beyond_the_queue_gets_429s_and_every_row_lands_once(server):
     assert server.peak_rss_bytes() <= MAX_RSS, server.peak_rss_bytes() / 2**20
 
 
-def test_a_push_to_a_quiet_dataset_is_answered_while_a_busy_one_waits_its_turn(tmp_path):
-    """PUSHBASE_INTAKE_PER_DATASET pushes to one dataset are received at once; the next
-    waits for a slot, and a push to another dataset does not wait behind any of them."""
-    server = ServerProcess(tmp_path / "data", env={"PUSHBASE_INTAKE_PER_DATASET": "2"})
-    server.start()
-    release = threading.Event()
-    try:
-        with server.client() as http:
-            for name in ("busy", "quiet"):
-                response = http.post("/v1/datasets", json={"id": name, "columns": [
-                    {"name": "n", "type": "integer"}]})  # fmt: skip
-                assert response.status_code == 201
-        answers: dict[str, int] = {}
-
-        def held_body():
-            yield b'[{"n": 1}'
-            release.wait(30)  # the push holds its slot until the test lets it finish
-            yield b"]"
-
-        def push(name: str, dataset: str, content) -> None:
-            with server.client() as http:
-                response = http.post(
-                    f"/v1/datasets/{dataset}/records?method=insert",
-                    content=content,
-                    headers={"content-type": "application/json"},
-                )
-            answers[name] = response.status_code
-
-        held = [
-            threading.Thread(target=push, args=(f"held{n}", "busy", held_body())) for n in (1, 2)
-        ]
-        for thread in held:
-            thread.start()
-        time.sleep(0.5)  # both slots of "busy" are taken
-        third = threading.Thread(target=push, args=("third", "busy", b'[{"n": 3}]'))
-        third.start()
-        quiet = threading.Thread(target=push, args=("quiet", "quiet", b'[{"n": 4}]'))
-        quiet.start()
-        quiet.join(10)
-        assert answers.get("quiet") == 202, "the quiet dataset's push was answered"
-        third.join(1)
-        assert "third" not in answers, "the third push to the busy dataset waits for a slot"
-
-        release.set()
-        for thread in [*held, third]:
-            thread.join(30)
-        assert answers == {"held1": 202, "held2": 202, "third": 202, "quiet": 202}
-    finally:
-        release.set()
-        server.kill()
-
-
 def test_processes_over_one_postgresql_share_the_queue_figure(tmp_path):
     """Every process refuses pushes once the shared queue is full, whichever process
     accepted the bytes, and accepts them again once the jobs are done."""

@@ -142,11 +142,13 @@ CASES: list[Case] = [
     payload("lone-surrogate-json", b'[{"k": "s01", "n": -1, "s": "\\ud800 POISON"}]'),
     payload("nul-bytes", b"\x00" * 64),
     payload("empty-json-body", b""),
-    payload("ndjson-bad-line", POISON_NDJSON + b'{"k": "s02", "n": \n' + POISON_NDJSON, NDJSON),
+    # A malformed record fails alone (DESIGN §10.1): valid rows beside it would be written,
+    # so these carry none (tests/test_row_errors.py checks the rows beside them).
+    payload("ndjson-bad-line", b'{"k": "s02", "n": \n' + b"not json\n", NDJSON),
     # per-row problems carry no valid row: valid rows next to bad ones are written (§2)
     payload("ndjson-non-object-lines", b'[1, 2]\n"s01"\n7\n', NDJSON),
     payload("ndjson-invalid-utf8", b'{"k": "s01", "n": -1, "s": "\xc3\x28"}\n', NDJSON),
-    payload("csv-ragged-row", b"k,n,s\ns01,-1,POISON\ns02,-1,POISON,extra,cells\n", CSV),
+    payload("csv-ragged-row", b"k,n,s\ns01\ns02,-1,POISON,extra,cells\n", CSV),
     payload("csv-no-header", b"s01,-1,POISON\ns02,-1,POISON\n", CSV),
     payload("csv-empty-body", b"", CSV),
     payload("csv-invalid-utf8", b"k,n,s\ns01,-1,\xff\xfePOISON\n", CSV),

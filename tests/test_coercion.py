@@ -213,7 +213,7 @@ def test_non_object_records_are_row_errors(client):
     one_column(client, "string")
     job = push(client, "t", [{"k": 1}, 5, "text", [1], None])
     assert job["stats"]["inserted"] == 1 and job["stats"]["failed"] == 4
-    assert {e["code"] for e in job["errors"]} == {"not_an_object"}
+    assert {e["code"] for e in job["errors"]} == {"malformed_row"}  # DESIGN §10.1
 
 
 # -- unknown fields ------------------------------------------------------------------

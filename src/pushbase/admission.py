@@ -1,10 +1,17 @@
-"""Admission: how many pushes to one dataset are received at once.
+"""Admission: how many pushes to one dataset are made durable at once.
 
-A bulk loader with many connections to one dataset would otherwise take every turn
-of the event loop and every fsync, and a small push to another dataset would wait
-behind all of them. Each dataset gets a few slots; a push waits for one before its
-body is read, so a waiting push costs only the bytes the socket already holds
-(the server stops reading a connection whose request is not being served).
+A bulk loader with many connections to one dataset would otherwise take every fsync
+(or PostgreSQL commit) of the intake, and a small push to another dataset would wait
+behind all of them. Each dataset gets a few slots; a push takes one once its body has
+been received, and holds it while its payload is made durable and its job enqueued.
+
+The body is read before the slot is taken, never under it: a client that sends its
+body slowly (or not at all) would otherwise hold a slot for as long as it likes and
+stall every other push to that dataset. A push receiving its body costs at most
+`api/intake.py`'s `SPILL_BYTES` of memory (the rest goes to its file) and is bounded
+in time by `PUSHBASE_HTTP_BODY_TIMEOUT_SECONDS`; the number of such pushes by
+`PUSHBASE_HTTP_MAX_CONNECTIONS`. Waiting pushes are served first come, first served,
+so jobs of one dataset are still enqueued in the order their bodies completed.
 """
 
 from __future__ import annotations

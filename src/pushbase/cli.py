@@ -67,6 +67,7 @@ def serve(
     import uvicorn
 
     from pushbase.api import create_app
+    from pushbase.api.timeouts import uvicorn_options
 
     overrides = {"host": host, "port": port, "data_dir": data_dir, "workers": workers}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -81,6 +82,7 @@ def serve(
         port=settings.port,
         log_level=log_level,
         timeout_graceful_shutdown=10,
+        **uvicorn_options(settings),  # header, body and keep-alive timeouts; connection limit
     )
 
 

@@ -6,6 +6,7 @@ HTTP status (DESIGN §4).
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 
@@ -52,3 +53,31 @@ class StoreUnavailable(PushbaseError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.code, self.message, self.retry_after))
+
+
+class InsufficientStorage(StoreUnavailable):
+    """The disk that holds accepted payloads or the store is full: 507 to a push, which is
+    then not accepted; a job whose write meets it goes back to the queue."""
+
+    def __init__(self, message: str, retry_after: int = 30) -> None:
+        super().__init__("insufficient_storage", message, retry_after)
+        self.status = 507
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message, self.retry_after))
+
+
+# errno values that mean "no room": the disk, or the user's quota on it.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT}
+
+
+def storage_error(exc: OSError, what: str) -> StoreUnavailable:
+    """What to answer when writing `what` to local disk failed: full (507), or an I/O
+    failure that may pass (503). The cause goes to the log, not to the client."""
+    if exc.errno in _NO_ROOM:
+        return InsufficientStorage(
+            f"the server's disk is full: {what} could not be stored; retry later"
+        )
+    return StoreUnavailable(
+        "store_io_error", f"the server could not write {what} to its disk; retry later", 5
+    )

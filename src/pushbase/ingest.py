@@ -15,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from pushbase.admission import Admission
 from pushbase.decode import DecodeOptions
+from pushbase.decode.formats import format_for
 from pushbase.errors import PushbaseError
 from pushbase.jobs.model import Job
 from pushbase.jobs.runner import JobRunner
@@ -47,11 +48,34 @@ class Submission:
 
 
 def fingerprint(submission: Submission, options: dict[str, object]) -> str:
-    """What makes two pushes with one idempotency key "the same push"."""
-    content = submission.payload.sha256() if submission.payload is not None else "-"
+    """What makes two pushes with one idempotency key "the same push": the bytes, how
+    they are to be read (format and encoding: the same bytes as CSV and as JSON are two
+    pushes), the method, `atomic` and the decoding options."""
+    payload = submission.payload
+    content = payload.sha256() if payload is not None else "-"
     method, atomic = submission.method.value, str(submission.atomic)
     parts = [content, method, atomic, repr(sorted(options.items()))]
+    reading = _reading(payload) if payload is not None else ""
+    if reading:
+        # Appended only when not plain JSON, so fingerprints stored before the format
+        # counted still match their retries.
+        parts.append(reading)
     return hashlib.sha256(":".join(parts).encode()).hexdigest()
+
+
+def _reading(payload: Payload) -> str:
+    """'' for plain JSON, else the payload's format and encoding ("csv", "json+gzip")."""
+    try:
+        kind = format_for(payload.content_type).value
+    except PushbaseError:  # not a format the intake accepts: judged by its media type
+        kind = (payload.content_type or "").split(";", 1)[0].strip().lower()
+    encoding = (payload.content_encoding or "identity").strip().lower()
+    if encoding in ("", "identity"):
+        encoding = ""
+    elif encoding == "x-gzip":
+        encoding = "gzip"
+    reading = kind if not encoding else f"{kind}+{encoding}"
+    return "" if reading == "json" else reading
 
 
 def _durably_enqueue(svc: Services, job: Job, submission: Submission, window: datetime) -> Job:

@@ -40,18 +40,24 @@ class Payload:
         not fsync'd when not `durable`).
 
         A body held in memory is written straight to `target`; a spilled one gets the
-        rest appended where it is, then is moved, never copied."""
+        rest appended where it is, then is moved, never copied. On failure (a full disk)
+        `target` is removed: a torn or undurable file must not pass for an accepted job;
+        the spilled file, if any, is the caller's to discard."""
         spilled = self.path.exists()
-        with (self.path if spilled else target).open("ab" if spilled else "wb") as out:
-            out.writelines([*self.tail, trailer])
-            out.flush()
+        try:
+            with (self.path if spilled else target).open("ab" if spilled else "wb") as out:
+                out.writelines([*self.tail, trailer])
+                out.flush()
+                if durable:
+                    os.fsync(out.fileno())
+            if spilled:
+                os.replace(self.path, target)
             if durable:
-                os.fsync(out.fileno())
+                fsync_path(target.parent)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
         self.tail = []
-        if spilled:
-            os.replace(self.path, target)
-        if durable:
-            fsync_path(target.parent)
 
     def read(self) -> bytes:
         """The whole body (blocking)."""

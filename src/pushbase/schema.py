@@ -19,6 +19,10 @@ DATASET_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 MAX_COLUMN_NAME = 128
 MAX_COLUMNS = 1000
+# Names the engines keep for their own columns: PostgreSQL's system columns and DuckDB's
+# rowid. A table cannot hold them (PostgreSQL) or they would hide the engine's (DuckDB), so
+# they are refused, case-insensitively as column names are compared.
+RESERVED_COLUMN_NAMES = frozenset({"ctid", "xmin", "xmax", "cmin", "cmax", "tableoid", "rowid"})
 
 
 class ColumnType(StrEnum):
@@ -57,6 +61,21 @@ def check_dataset_id(value: str) -> str:
 
 
 def check_column_name(value: str) -> str:
+    """The rules for a name given to a new column (create, PATCH, evolve)."""
+    _check_name_shape(value)
+    if value.casefold() in RESERVED_COLUMN_NAMES:
+        raise PushbaseError(
+            "reserved_column_name",
+            f"column name {value!r} is reserved by the storage engine; choose another",
+            400,
+            {"column": value},
+        )
+    return value
+
+
+def _check_name_shape(value: str) -> str:
+    """What every stored name satisfies. Reserved names are checked only where a column
+    is added, so a catalog written before they were refused still loads."""
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_COLUMN_NAME:
         raise PushbaseError(
             "invalid_column_name",
@@ -88,7 +107,7 @@ class Column(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        return check_column_name(value)
+        return _check_name_shape(value)
 
     @model_validator(mode="after")
     def _format_only_for_dates(self) -> Column:
@@ -103,13 +122,20 @@ class Column(BaseModel):
         return self
 
 
-def check_columns(columns: list[Column], unique_key: list[str]) -> list[Column]:
-    """Apply the dataset-level rules: unique names (case-insensitive), a valid key."""
+def check_columns(columns: list[Column], unique_key: list[str], stored: int = 0) -> list[Column]:
+    """Apply the dataset-level rules: unique names (case-insensitive), a valid key.
+
+    The first `stored` columns are already in the dataset: only the others are checked
+    as new names, so a dataset stored with names refused today can still be changed."""
     if len(columns) > MAX_COLUMNS:
         raise PushbaseError("too_many_columns", f"at most {MAX_COLUMNS} columns", 400)
     seen: dict[str, str] = {}
-    for column in columns:
+    for index, column in enumerate(columns):
         folded = column.name.casefold()
+        if index < stored:
+            seen.setdefault(folded, column.name)
+            continue
+        check_column_name(column.name)
         if folded in seen:
             raise PushbaseError(
                 "duplicate_column",

@@ -13,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from pushbase import __version__
 from pushbase.admission import Admission
 from pushbase.api import datasets, errors, jobs, keys, records, system
+from pushbase.api.timeouts import BodyDeadline
 from pushbase.auth import Scope
 from pushbase.console import router as console_router
 from pushbase.dialects import dengage, graphite, obsrv, qrvey
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, workers: int | None = None) -> 
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(BodyDeadline, seconds=settings.http_body_timeout_seconds)
     for module in (datasets, records, jobs, keys, system, qrvey, obsrv, dengage, graphite):
         app.include_router(module.router)
     app.include_router(console_router)

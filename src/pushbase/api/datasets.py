@@ -11,7 +11,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from pushbase.api.deps import ServicesDep, dataset_for, require
+from pushbase.api.deps import DatasetIdPath, ServicesDep, dataset_for, require
 from pushbase.api.models import (
     ERRORS,
     DatasetCreate,
@@ -44,7 +44,15 @@ def create_dataset(body: DatasetCreate, svc: ServicesDep, key: ApiKey = require(
     columns = body.columns if body.columns is not None else infer_columns(body.sample)
     if not columns:
         raise PushbaseError("invalid_request", "a dataset needs at least one column", 400)
+    if body.id is None and key.datasets is not None:
+        raise PushbaseError(
+            "forbidden",
+            "this key is limited to datasets: give the `id` of one of them",
+            403,
+            {"datasets": key.datasets},
+        )
     dataset_id = check_dataset_id(body.id) if body.id is not None else secrets.token_hex(6)
+    key.check(Scope.admin, dataset_id)  # a key limited to datasets creates only those
     now = datetime.now(UTC)
     dataset = Dataset(
         id=dataset_id,
@@ -70,13 +78,16 @@ def list_datasets(svc: ServicesDep, key: ApiKey = require(Scope.read)):
 
 
 @router.get("/datasets/{dataset_id}", response_model=Dataset)
-def get_dataset(dataset_id: str, svc: ServicesDep, key: ApiKey = require(Scope.read)):
+def get_dataset(dataset_id: DatasetIdPath, svc: ServicesDep, key: ApiKey = require(Scope.read)):
     return JSON(_with_count(svc, dataset_for(svc, key, dataset_id, Scope.read)).public())
 
 
 @router.patch("/datasets/{dataset_id}", response_model=Dataset)
 def patch_dataset(
-    dataset_id: str, body: DatasetPatch, svc: ServicesDep, key: ApiKey = require(Scope.admin)
+    dataset_id: DatasetIdPath,
+    body: DatasetPatch,
+    svc: ServicesDep,
+    key: ApiKey = require(Scope.admin),
 ):
     dataset = dataset_for(svc, key, dataset_id, Scope.admin)
     for column in body.add_columns:
@@ -100,8 +111,9 @@ def patch_dataset(
 
 
 @router.delete("/datasets/{dataset_id}", status_code=204, response_class=Response)
-def drop_dataset(dataset_id: str, svc: ServicesDep, key: ApiKey = require(Scope.admin)):
+def drop_dataset(dataset_id: DatasetIdPath, svc: ServicesDep, key: ApiKey = require(Scope.admin)):
     check_dataset_id(dataset_id)
+    key.check(Scope.admin, dataset_id)
     if not svc.store.drop_dataset(dataset_id):
         raise not_found("dataset", dataset_id)
     return Response(status_code=204)
@@ -130,7 +142,7 @@ def base_url(request: Request, svc: ServicesDep) -> str:
 
 @router.get("/datasets/{dataset_id}/instructions", response_model=Instructions)
 def instructions(
-    dataset_id: str, request: Request, svc: ServicesDep, key: ApiKey = require(Scope.read)
+    dataset_id: DatasetIdPath, request: Request, svc: ServicesDep, key: ApiKey = require(Scope.read)
 ):
     """Ready-to-run curl commands for this dataset on this server."""
     dataset = dataset_for(svc, key, dataset_id, Scope.read)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Path, Request
 from fastapi.concurrency import run_in_threadpool
 
 from pushbase.auth import ENV_ADMIN, ApiKey, Scope, hash_key, matches
 from pushbase.errors import PushbaseError, not_found
 from pushbase.ingest import Services
-from pushbase.schema import Dataset, check_dataset_id
+from pushbase.schema import DATASET_ID_RE, Dataset, check_dataset_id
 
 T = TypeVar("T")
 
@@ -29,6 +29,15 @@ async def catalog(svc: Services, fn: Callable[..., T], *args: Any) -> T:
 
 
 ServicesDep = Annotated[Services, Depends(services)]
+# The id rule is documented in the OpenAPI document; the route checks it itself
+# (`check_dataset_id`) so that a bad id is a 400 `invalid_dataset_id` as in a body.
+DatasetIdPath = Annotated[
+    str,
+    Path(
+        description="dataset id (400 `invalid_dataset_id` when it breaks the rule)",
+        json_schema_extra={"pattern": DATASET_ID_RE.pattern},
+    ),
+]
 
 
 def _presented_key(x_api_key: str | None, authorization: str | None) -> str | None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from pushbase.errors import PushbaseError
 
@@ -20,6 +23,7 @@ _HTTP_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
     429: "too_many_requests",
@@ -59,7 +63,31 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return envelope(code, str(exc.detail), exc.status_code, headers=getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        # The router names only the first route on the path; Allow must list them all.
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return envelope(code, str(exc.detail), exc.status_code, headers=headers or None)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path."""
+    try:  # FastAPI >= 0.16x keeps included routers lazily; this walks them
+        from fastapi.routing import iter_route_contexts
+
+        routes = [(c.path, c.methods) for c in iter_route_contexts(request.app.routes)]
+    except ImportError:  # pragma: no cover - older FastAPI flattens routes itself
+        routes = [(getattr(r, "path", ""), getattr(r, "methods", None)) for r in request.app.routes]
+    methods: set[str] = set()
+    for path, route_methods in routes:
+        if route_methods and _path_regex(path).match(request.url.path):
+            methods.update(route_methods)
+    return sorted(methods)
+
+
+@functools.cache
+def _path_regex(path: str) -> re.Pattern[str]:
+    return compile_path(path)[0]
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -81,6 +81,10 @@ class JobDocument(BaseModel):
     errors: list[dict[str, Any]]
     errors_total: int
     error: JobError | None
+    outcome: Literal["complete", "partial", "rejected"] | None = Field(
+        description="complete: no row failed; partial: some rows failed, others were written;"
+        " rejected: the job failed or every row failed; null until the job has ended"
+    )
 
 
 class JobAccepted(BaseModel):
@@ -141,5 +145,6 @@ class Limits(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorEnvelope} for status in (400, 401, 403, 404, 409, 413, 415, 422, 429)
+    status: {"model": ErrorEnvelope}
+    for status in (400, 401, 403, 404, 408, 409, 413, 415, 422, 429)
 }

@@ -14,14 +14,15 @@ import pyarrow.parquet as pq
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
-from pushbase.api.deps import ServicesDep, dataset_for, dataset_to_push, require
+from pushbase.api.datasets import base_url
+from pushbase.api.deps import DatasetIdPath, ServicesDep, dataset_for, dataset_to_push, require
 from pushbase.api.intake import receive_body
 from pushbase.api.models import ERRORS, JobAccepted, JobDocument, Rows
 from pushbase.api.responses import JSON, table_rows
 from pushbase.auth import ApiKey, Scope
 from pushbase.decode.coerce import ARROW_TYPES, CoerceError, coerce_value
 from pushbase.errors import PushbaseError
-from pushbase.ingest import Submission, check_queue_async, finished_within, submit
+from pushbase.ingest import Services, Submission, check_queue_async, finished_within, submit
 from pushbase.jobs.model import Job
 from pushbase.schema import ColumnType, Dataset, WriteMethod
 from pushbase.storage.base import RowQuery
@@ -29,17 +30,19 @@ from pushbase.storage.base import RowQuery
 router = APIRouter(prefix="/v1", tags=["records"], responses=ERRORS)
 
 MAX_PAGE = 10_000
+MAX_OFFSET = 2**63 - 1  # the stores take a signed 64-bit offset
 RESERVED = {"limit", "offset", "order_by"}
 PushMethod = Annotated[
     WriteMethod, Query(description="insert | upsert | replace | delete (delete_all: DELETE route)")
 ]
 
 
-def job_answer(request: Request, job: Job) -> JSON:
-    """200 with the document when the job finished, else 202 with where to look."""
+def job_answer(request: Request, svc: Services, job: Job) -> JSON:
+    """200 with the document when the job finished, else 202 with where to look (under
+    `PUBLIC_URL` when set, never a Host header a client made up)."""
     if job.status.finished:
         return JSON(job.document(), status_code=200)
-    status_url = str(request.url_for("get_job", job_id=job.id))
+    status_url = f"{base_url(request, svc)}/v1/jobs/{job.id}"
     return JSON({"job_id": job.id, "status": job.status.value, "status_url": status_url}, 202)
 
 
@@ -60,7 +63,7 @@ def job_answer(request: Request, job: Job) -> JSON:
     },
 )
 async def push(
-    dataset_id: str,
+    dataset_id: DatasetIdPath,
     request: Request,
     svc: ServicesDep,
     method: PushMethod = WriteMethod.upsert,
@@ -76,14 +79,21 @@ async def push(
     if method is WriteMethod.delete and not dataset.unique_key:
         raise PushbaseError("no_unique_key", "delete needs a dataset with a unique key", 400)
     declared = request.headers.get("content-length", "")
-    async with svc.admission.slot(dataset.id):
-        await check_queue_async(svc, int(declared) if declared.isdigit() else 0)
-        payload = await receive_body(request, svc.settings, svc.store.incoming_path())
-        submission = Submission(
-            dataset, method, payload, idempotency_key=idempotency_key, atomic=atomic
-        )
-        job = await submit(svc, submission)  # durable: the slot is free for the next push
-    return job_answer(request, await finished_within(svc, job, wait))
+    # A full queue refuses the push before its body is read; then the body is read with
+    # no slot held, so a slow sender delays only itself (admission.py).
+    await check_queue_async(svc, int(declared) if declared.isdigit() else 0)
+    payload = await receive_body(request, svc.settings, svc.store.incoming_path())
+    submission = Submission(
+        dataset, method, payload, idempotency_key=idempotency_key, atomic=atomic
+    )
+    try:
+        async with svc.admission.slot(dataset.id):
+            await check_queue_async(svc, payload.size)  # pushes received meanwhile count too
+            job = await submit(svc, submission)  # durable: the slot is free for the next push
+    except BaseException:
+        payload.discard()  # a spilled body no job took (queue full, client gone)
+        raise
+    return job_answer(request, svc, await finished_within(svc, job, wait))
 
 
 @router.delete(
@@ -93,7 +103,7 @@ async def push(
     responses={200: {"model": JobDocument}},
 )
 async def delete_all(
-    dataset_id: str,
+    dataset_id: DatasetIdPath,
     request: Request,
     svc: ServicesDep,
     wait: Annotated[float, Query(ge=0, le=3600)] = 0,
@@ -103,7 +113,7 @@ async def delete_all(
     """A job that empties the dataset, in order with the pushes before it."""
     dataset = await dataset_to_push(svc, key, dataset_id)
     submission = Submission(dataset, WriteMethod.delete_all, None, idempotency_key=idempotency_key)
-    return job_answer(request, await submit(svc, submission, wait))
+    return job_answer(request, svc, await submit(svc, submission, wait))
 
 
 def _row_query(request: Request, dataset: Dataset, limit: int, offset: int, order_by: str | None):
@@ -135,11 +145,11 @@ def _row_query(request: Request, dataset: Dataset, limit: int, offset: int, orde
 
 @router.get("/datasets/{dataset_id}/records", response_model=Rows)
 def read_rows(
-    dataset_id: str,
+    dataset_id: DatasetIdPath,
     request: Request,
     svc: ServicesDep,
     limit: Annotated[int, Query(ge=0, le=MAX_PAGE)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     order_by: Annotated[str | None, Query(description="col or -col, comma-separated")] = None,
     key: ApiKey = require(Scope.read),
 ):
@@ -173,7 +183,7 @@ _EXPORT_TYPES = {
     },
 )
 def export(
-    dataset_id: str,
+    dataset_id: DatasetIdPath,
     svc: ServicesDep,
     format: Annotated[str, Query(pattern="^(csv|ndjson|parquet)$")] = "ndjson",
     key: ApiKey = require(Scope.read),

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Header
 from fastapi.responses import PlainTextResponse
 
-from pushbase.api.deps import ServicesDep, require
-from pushbase.api.models import Health, Limits, Readiness
+from pushbase.api.deps import ServicesDep, authenticate, require
+from pushbase.api.models import ErrorEnvelope, Health, Limits, Readiness
 from pushbase.api.responses import JSON
 from pushbase.auth import ApiKey, Scope
+from pushbase.errors import PushbaseError
 from pushbase.jobs.model import JobStatus
 
 router = APIRouter(tags=["system"])
@@ -47,10 +48,32 @@ def limits(svc: ServicesDep, key: ApiKey = require(Scope.read, Scope.write, Scop
     )
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics_reader(
+    svc: ServicesDep,
+    x_api_key: Annotated[str | None, Header(description="API key")] = None,
+    authorization: Annotated[str | None, Header(description="Bearer API key")] = None,
+) -> None:
+    """A key with read scope and no dataset limit, unless PUSHBASE_PUBLIC_METRICS is set:
+    the figures cover every dataset, so a key limited to some may not see them."""
+    if svc.settings.public_metrics:
+        return
+    key = await authenticate(svc, x_api_key, authorization)
+    key.check(Scope.read)
+    if key.datasets is not None:
+        raise PushbaseError(
+            "forbidden", "metrics cover every dataset: use a key not limited to datasets", 403
+        )
+
+
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    dependencies=[Depends(metrics_reader)],
+    responses={status: {"model": ErrorEnvelope} for status in (401, 403)},
+)
 def metrics(svc: ServicesDep):
     """Prometheus text format: jobs by status, bytes waiting, datasets."""
-    statuses = Counter(j.status for j in svc.store.list_jobs(None, None, 10_000, None))
+    statuses = svc.store.job_counts()
     lines = [
         "# HELP pushbase_jobs Jobs kept, by status.",
         "# TYPE pushbase_jobs gauge",

@@ -7,42 +7,45 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
-from pushbase.decode.coerce import coerce_column
-from pushbase.decode.formats import PayloadFormat, inflate, parse_csv, parse_json, parse_ndjson
+from pushbase.decode.coerce import ARROW_TYPES, coerce_column
+from pushbase.decode.formats import (
+    Malformed,
+    PayloadFormat,
+    inflate,
+    invalid_payload,
+    parse_csv,
+    parse_json,
+    parse_ndjson,
+)
 from pushbase.decode.known_fields import known_field_columns
+from pushbase.decode.rowerrors import DEFAULT_TEXT_LIMIT, RowError, cut, json_safe
+from pushbase.errors import PushbaseError
 from pushbase.infer import infer_type
-from pushbase.schema import Column, Dataset, UnknownFields, WriteMethod
+from pushbase.schema import (
+    MAX_COLUMNS,
+    Column,
+    Dataset,
+    UnknownFields,
+    WriteMethod,
+    check_column_name,
+)
 
-ROW_COLUMN = "__row"  # payload index of each row, carried next to the data
-
-
-@dataclass
-class RowError:
-    row: int
-    column: str | None
-    code: str
-    message: str
-    value: Any = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "row": self.row,
-            "column": self.column,
-            "code": self.code,
-            "message": self.message,
-            "value": self.value,
-        }
+MALFORMED = "malformed_row"  # a record that cannot be read: not JSON, not an object, ragged
+# Rows that are not records at all: no other check reports them again.
+_NOT_RECORDS = frozenset({MALFORMED, "wrong_shape"})
 
 
 @dataclass
 class DecodedBatch:
     """The valid rows of one payload, typed, ready for a store to write.
 
-    `table` holds the dataset columns that the payload mentions plus `__row`.
+    `table` holds the dataset columns that the payload mentions, and nothing else: a
+    user column may have any name. `rows[i]` is the payload index of the table's row i.
     `present[name]` is set for upserts when some records omit `name`: True where
     the record carried the field (absent fields keep the stored value).
     """
@@ -53,10 +56,20 @@ class DecodedBatch:
     received: int
     ignored_fields: int = 0
     new_columns: list[Column] = field(default_factory=list)
+    rows: pa.Array = field(default_factory=lambda: pa.array([], pa.int64()))
 
     @property
     def failed(self) -> int:
         return len({e.row for e in self.errors})
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one payload may cost in row errors and new columns (the settings of the
+    same names)."""
+
+    text: int = DEFAULT_TEXT_LIMIT  # max_row_errors_text
+    new_columns: int = 100  # max_new_columns_per_push
 
 
 class DecodeOptions(BaseModel):
@@ -84,14 +97,20 @@ def decode_payload(
     method: WriteMethod,
     max_inflated: int,
     options: DecodeOptions | None = None,
+    limits: DecodeLimits | None = None,
 ) -> DecodedBatch:
     options = options or DecodeOptions()
+    limits = limits or DecodeLimits()
     if method is WriteMethod.upsert and not dataset.unique_key:
         method = WriteMethod.insert  # upsert appends without a key: nothing to merge with
     if gzip:
         data = inflate(data, max_inflated)
     if fmt is PayloadFormat.csv:
-        table = parse_csv(data)
+        table, malformed = parse_csv(data)
+        del data
+        errors: list[RowError] = []
+        if malformed:
+            table = _with_malformed(table, malformed, errors)
         dropped = set(options.drop)
         raw: dict[str, Any] = {
             name: table.column(name).combine_chunks()
@@ -107,20 +126,41 @@ def decode_payload(
                 if name not in dataset.unique_key
             }
         _add_constants(raw, options, table.num_rows)
-        return _build(raw, present, table.num_rows, [], dataset, method, unknown)
+        return _build(raw, present, table.num_rows, errors, dataset, method, limits, unknown)
     if options.columns is None and not options.drop:
         known = known_field_columns(data, fmt, dataset)
         if known is not None:
             raw, present, received = known
             present = present if method is WriteMethod.upsert else {}  # as in _from_records
             _add_constants(raw, options, received)
-            return _build(raw, present, received, [], dataset, method)
-    records = parse_json(data) if fmt is PayloadFormat.json else parse_ndjson(data)
+            return _build(raw, present, received, [], dataset, method, limits)
+    if fmt is PayloadFormat.json:
+        records = parse_json(data)
+    else:
+        records = parse_ndjson(data, objects=options.columns is None)
     del data  # the caller holds no other reference: free the raw bytes before building columns
-    errors: list[RowError] = []
+    errors = []
     if options.columns is not None:
         records = _positional(records, options.columns, errors)
-    return _from_records(records, dataset, method, options, errors)
+    return _from_records(records, dataset, method, options, errors, limits)
+
+
+def _with_malformed(
+    table: pa.Table, malformed: list[tuple[int, str, str]], errors: list[RowError]
+) -> pa.Table:
+    """The well-formed records back in their payload positions, a null row where each
+    malformed record stood (it fails with `malformed_row`, the others keep their index)."""
+    received = table.num_rows + len(malformed)
+    positions = [row for row, _, _ in malformed]
+    if positions != sorted(set(positions)) or not 0 <= positions[0] <= positions[-1] < received:
+        raise invalid_payload("CSV records cannot be numbered")
+    bad = pc.is_in(_row_numbers(received), pa.array(positions, pa.int64()))
+    good = pc.invert(bad)
+    index = pc.subtract(pc.cumulative_sum(pc.cast(good, pa.int64())), 1)
+    table = table.take(pc.if_else(good, index, pa.scalar(None, pa.int64())))
+    for row, message, text in malformed:
+        errors.append(RowError(row, None, MALFORMED, message, text))
+    return table
 
 
 def _non_empty(array: pa.Array) -> pa.Array:
@@ -141,6 +181,8 @@ def _positional(records: list[Any], names: list[str], errors: list[RowError]) ->
     for row, record in enumerate(records):
         if isinstance(record, list) and len(record) == width:
             objects.append(dict(zip(names, record, strict=True)))
+        elif isinstance(record, Malformed):
+            objects.append(record)  # reported with the other malformed records
         else:
             message = f"each row must be an array of {width} values, in column order"
             errors.append(RowError(row, None, "wrong_shape", message, record))
@@ -154,13 +196,13 @@ def _from_records(
     method: WriteMethod,
     options: DecodeOptions,
     errors: list[RowError],
+    limits: DecodeLimits,
 ) -> DecodedBatch:
     objects = [r if isinstance(r, dict) else None for r in records]
     if None in objects:
         for row, record in enumerate(records):
             if not isinstance(record, dict) and record is not _NOT_A_ROW:
-                message = "each record must be a JSON object"
-                errors.append(RowError(row, None, "not_an_object", message, record))
+                errors.append(_malformed(row, record, limits.text))
     raw: dict[str, Any] = {}
     unknown: dict[str, list[Any]] = {}
     present: dict[str, pa.Array] = {}
@@ -172,7 +214,15 @@ def _from_records(
     # Only an upsert tells absent from null; only columns need a mask.
     present = {n: m for n, m in present.items() if n in raw and method is WriteMethod.upsert}
     _add_constants(raw, options, len(records))
-    return _build(raw, present, len(records), errors, dataset, method, unknown)
+    return _build(raw, present, len(records), errors, dataset, method, limits, unknown)
+
+
+def _malformed(row: int, record: Any, limit: int) -> RowError:
+    """A record that is not a JSON object, its raw text (cut) as the value."""
+    if isinstance(record, Malformed):
+        return RowError(row, None, MALFORMED, record.reason, cut(record.text, limit))
+    text = orjson.dumps(json_safe(record, limit)).decode()
+    return RowError(row, None, MALFORMED, "each record must be a JSON object", cut(text, limit))
 
 
 _NOT_A_ROW = object()  # stands for a rejected positional row
@@ -225,6 +275,7 @@ def _build(
     errors: list[RowError],
     dataset: Dataset,
     method: WriteMethod,
+    limits: DecodeLimits,
     unknown: dict[str, list[Any]] | None = None,
 ) -> DecodedBatch:
     unknown = dict(unknown or {})
@@ -237,19 +288,22 @@ def _build(
         unknown = {}
     elif unknown:
         policy = dataset.unknown_fields
+        refused: dict[str, tuple[str, str]] = {}
         if policy is UnknownFields.reject:
-            for name, values in unknown.items():
-                for row, value in enumerate(values):
-                    if value is not None:
-                        message = f"field {name!r} is not a column of this dataset"
-                        errors.append(RowError(row, name, "unknown_column", message, value))
+            for name in unknown:
+                message = f"field {cut(name, limits.text)!r} is not a column of this dataset"
+                refused[name] = ("unknown_column", message)
         elif policy is UnknownFields.ignore:
             ignored = sum(sum(v is not None for v in values) for values in unknown.values())
         else:
-            for name, values in unknown.items():
-                column = Column(name=name, type=infer_type(values))
-                new_columns.append(column)
-                raw[name] = values
+            new_columns = _new_columns(unknown, dataset, limits, refused)
+            for column in new_columns:
+                raw[column.name] = unknown[column.name]
+        for name, (code, message) in refused.items():
+            # The name is one object shared by its errors; the message holds it cut.
+            for row, value in enumerate(unknown[name]):
+                if value is not None:
+                    errors.append(RowError(row, name, code, message, value))
     columns = {c.name: c for c in [*dataset.columns, *new_columns]}
     arrays: dict[str, pa.Array] = {}
     for name, values in raw.items():
@@ -259,14 +313,54 @@ def _build(
         for row, code, message in result.errors:
             errors.append(RowError(row, name, code, message, _value_at(values, row)))
     _check_required(arrays, present, received, dataset, method, errors, columns)
+    if not arrays and dataset.columns and method is not WriteMethod.delete:
+        # Records without a single field (`[{}]`): a row of nulls, in one column's name.
+        first = dataset.columns[0]
+        arrays[first.name] = pa.nulls(received, ARROW_TYPES[first.type])
+    rows = _row_numbers(received)
+    table = pa.table(arrays) if arrays else pa.table({})
     rejected = sorted({e.row for e in errors})
-    table = pa.table({**arrays, ROW_COLUMN: _row_numbers(received)})
     if rejected:
-        keep = pc.invert(pc.is_in(table.column(ROW_COLUMN), pa.array(rejected, pa.int64())))
-        table = table.filter(keep)
-        present = {name: mask.filter(keep.combine_chunks()) for name, mask in present.items()}
+        keep = pc.invert(pc.is_in(rows, pa.array(rejected, pa.int64())))
+        rows = rows.filter(keep)
+        table = table.filter(keep) if arrays else table
+        present = {name: mask.filter(keep) for name, mask in present.items()}
+    errors = [e.bounded(limits.text) for e in errors]
     errors.sort(key=lambda e: (e.row, e.column or ""))
-    return DecodedBatch(table, present, errors, received, ignored, new_columns)
+    return DecodedBatch(table, present, errors, received, ignored, new_columns, rows)
+
+
+def _new_columns(
+    unknown: dict[str, list[Any]],
+    dataset: Dataset,
+    limits: DecodeLimits,
+    refused: dict[str, tuple[str, str]],
+) -> list[Column]:
+    """The columns an `evolve` dataset gains from a payload's unknown fields. A field that
+    cannot be a column (a refused name, one clashing with a column case-insensitively)
+    or one beyond what a push may add goes to `refused`: its values are row errors."""
+    taken = {c.name.casefold(): c.name for c in dataset.columns}
+    room = min(limits.new_columns, MAX_COLUMNS - len(dataset.columns))
+    added: list[Column] = []
+    for name, values in unknown.items():
+        shown = repr(cut(name, limits.text))
+        if name.casefold() in taken:
+            other = cut(taken[name.casefold()], limits.text)
+            message = f"field {shown} clashes with column {other!r} (names ignore case)"
+            refused[name] = ("duplicate_column", message)
+            continue
+        if len(added) >= room:
+            message = f"field {shown} would be a new column beyond the {room} a push may add"
+            refused[name] = ("too_many_new_columns", message)
+            continue
+        try:
+            column = Column(name=check_column_name(name), type=infer_type(values))
+        except PushbaseError as exc:
+            refused[name] = (exc.code, f"field {shown} cannot be a column: {exc.message}")
+            continue
+        taken[name.casefold()] = name
+        added.append(column)
+    return added
 
 
 SHARED_ROW_NUMBERS = 1 << 16
@@ -307,7 +401,7 @@ def _check_required(
     For upsert an absent non-key field is fine (the stored value stays); a new
     row missing one is caught by the store, which alone knows which keys exist.
     """
-    not_objects = {e.row for e in errors if e.code in ("not_an_object", "wrong_shape")}
+    not_objects = {e.row for e in errors if e.code in _NOT_RECORDS}
     for name in dataset.unique_key:
         array = arrays.get(name)
         if array is None:

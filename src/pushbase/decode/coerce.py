@@ -19,6 +19,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pushbase.decode.rowerrors import shown
 from pushbase.schema import Column, ColumnType
 
 ARROW_TYPES: dict[ColumnType, pa.DataType] = {
@@ -212,7 +213,7 @@ def _json_from_text(texts: list[str | None]) -> ColumnResult:
             out.append(None if text is None else orjson.dumps(orjson.loads(text)).decode())
         except orjson.JSONDecodeError:
             out.append(None)
-            errors.append((position, "invalid_value", f"{text[:50]!r} is not JSON"))
+            errors.append((position, "invalid_value", f"{shown(text, 50)} is not JSON"))
     return ColumnResult(pa.array(out, pa.string()), errors)
 
 
@@ -233,7 +234,10 @@ def coerce_value(value: Any, column: Column) -> Any:
     if value is None:
         return None
     if type(value) is int and not INT64_MIN <= value <= UINT64_MAX:
-        value = float(value)  # a JSON integer beyond 64 bits reads as a float, as in orjson
+        try:
+            value = float(value)  # a JSON integer beyond 64 bits reads as a float, as orjson
+        except OverflowError as exc:
+            raise CoerceError("out_of_range", f"{shown(value)} is out of range") from exc
     kind = column.type
     if kind is ColumnType.json:
         return orjson.dumps(value).decode()
@@ -270,15 +274,17 @@ def _to_integer(value: Any) -> int:
         result = value
     elif isinstance(value, float):
         if not value.is_integer():
-            raise CoerceError("invalid_value", f"{value!r} is not an integral number")
+            raise CoerceError("invalid_value", f"{shown(value)} is not an integral number")
         result = int(value)
     else:
         text = value.strip()
         if not re.fullmatch(r"-?\d+", text):
-            raise CoerceError("invalid_value", f"{value!r} is not a decimal integer")
+            raise CoerceError("invalid_value", f"{shown(value)} is not a decimal integer")
+        if len(text.lstrip("-").lstrip("0")) > 20:  # past 64 bits; int() refuses 4,300 digits
+            raise CoerceError("out_of_range", f"{shown(value)} does not fit in 64 bits")
         result = int(text)
     if not INT64_MIN <= result <= INT64_MAX:
-        raise CoerceError("out_of_range", f"{value!r} does not fit in 64 bits")
+        raise CoerceError("out_of_range", f"{shown(value)} does not fit in 64 bits")
     return result
 
 
@@ -289,13 +295,13 @@ def _to_number(value: Any) -> float:
         try:
             return float(value)
         except OverflowError as exc:
-            raise CoerceError("out_of_range", f"{value!r} is too large") from exc
+            raise CoerceError("out_of_range", f"{shown(value)} is too large") from exc
     try:
         result = float(value.strip())
     except ValueError as exc:
-        raise CoerceError("invalid_value", f"{value!r} is not a number") from exc
+        raise CoerceError("invalid_value", f"{shown(value)} is not a number") from exc
     if math.isinf(result) and "inf" not in value.lower():
-        raise CoerceError("out_of_range", f"{value!r} is too large")
+        raise CoerceError("out_of_range", f"{shown(value)} is too large")
     return result
 
 
@@ -310,7 +316,7 @@ def _to_boolean(value: Any) -> bool:
             return True
         if folded in FALSE_WORDS:
             return False
-    raise CoerceError("invalid_value", f"{value!r} is not a boolean")
+    raise CoerceError("invalid_value", f"{shown(value)} is not a boolean")
 
 
 def _to_timestamp(value: Any, column: Column) -> datetime:
@@ -326,22 +332,22 @@ def _to_timestamp(value: Any, column: Column) -> datetime:
         try:
             return EPOCH + timedelta(seconds=seconds)
         except OverflowError as exc:
-            raise CoerceError("out_of_range", f"{value!r} is out of range") from exc
+            raise CoerceError("out_of_range", f"{shown(value)} is out of range") from exc
     if fmt in ("epoch_s", "epoch_ms"):
         raise CoerceError("type_mismatch", f"expected an integer ({fmt})")
     if fmt is not None:
         try:
             parsed = datetime.strptime(value, fmt)
         except ValueError as exc:
-            raise CoerceError("invalid_value", f"{value!r} does not match {fmt!r}") from exc
+            raise CoerceError("invalid_value", f"{shown(value)} does not match {fmt!r}") from exc
         return _as_naive_utc(parsed)
     if column.type is ColumnType.date:
         if not DATE_RE.match(value):
-            raise CoerceError("invalid_value", f"{value!r} is not a date (yyyy-MM-dd)")
+            raise CoerceError("invalid_value", f"{shown(value)} is not a date (yyyy-MM-dd)")
         try:
             return datetime.combine(date.fromisoformat(value), datetime.min.time())
         except ValueError as exc:
-            raise CoerceError("invalid_value", f"{value!r} is not a valid date") from exc
+            raise CoerceError("invalid_value", f"{shown(value)} is not a valid date") from exc
     return parse_datetime(value)
 
 
@@ -349,7 +355,7 @@ def parse_datetime(text: str) -> datetime:
     """The datetime family of DESIGN §1, as naive UTC."""
     match = DATETIME_RE.match(text)
     if not match:
-        raise CoerceError("invalid_value", f"{text!r} is not an ISO-8601 datetime")
+        raise CoerceError("invalid_value", f"{shown(text)} is not an ISO-8601 datetime")
     year, month, day, hour, minute, second, fraction, zone = match.groups()
     micros = int((fraction or "0")[:6].ljust(6, "0"))
     try:
@@ -358,16 +364,16 @@ def parse_datetime(text: str) -> datetime:
             int(hour or 0), int(minute or 0), int(second or 0), micros,
         )  # fmt: skip
     except ValueError as exc:
-        raise CoerceError("invalid_value", f"{text!r} is not a valid datetime") from exc
+        raise CoerceError("invalid_value", f"{shown(text)} is not a valid datetime") from exc
     if zone and zone != "Z":
         sign = 1 if zone[0] == "+" else -1
         offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
         if offset > timedelta(hours=18):
-            raise CoerceError("invalid_value", f"{text!r} has an impossible offset")
+            raise CoerceError("invalid_value", f"{shown(text)} has an impossible offset")
         try:
             stamp = stamp - sign * offset
         except OverflowError as exc:
-            raise CoerceError("out_of_range", f"{text!r} is out of range") from exc
+            raise CoerceError("out_of_range", f"{shown(text)} is out of range") from exc
     return stamp
 
 

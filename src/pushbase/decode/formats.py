@@ -122,6 +122,7 @@ def parse_json(data: bytes) -> list[Any]:
     try:
         document = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
+        _out_of_memory(exc)
         raise invalid_payload(f"body is not valid JSON: {exc}") from exc
     if isinstance(document, list):
         return document
@@ -138,15 +139,44 @@ def parse_json(data: bytes) -> list[Any]:
     )
 
 
-def parse_ndjson(data: bytes) -> list[Any]:
+def _out_of_memory(exc: orjson.JSONDecodeError) -> None:
+    """orjson reports a failed allocation as a decode error: it is one no longer."""
+    if "not enough memory" in str(exc).lower():
+        raise MemoryError(str(exc)) from exc
+
+
+class Malformed:
+    """A record that could not be read (a line that is not JSON): a row error of its own,
+    never the payload's (DESIGN §10.1). Keeps a bounded piece of its raw text."""
+
+    __slots__ = ("reason", "text")
+
+    def __init__(self, text: bytes | str, reason: str) -> None:
+        if isinstance(text, bytes):
+            text = text[:MALFORMED_TEXT_BYTES].decode("utf-8", "replace")
+        self.text = text[:MALFORMED_TEXT_BYTES]
+        self.reason = reason
+
+
+MALFORMED_TEXT_BYTES = 1024  # of a malformed record's raw text kept (the error cuts it more)
+
+
+def parse_ndjson(data: bytes, objects: bool = True) -> list[Any]:
+    """One record per non-blank line; a line that is not JSON, or (with `objects`) not a
+    JSON object, is a `Malformed` record, which keeps the line's text. Positional rows
+    (dialects) are arrays: `objects=False` leaves their shape to the caller."""
     records: list[Any] = []
     for number, line in enumerate(data.split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            records.append(orjson.loads(line))
+            record = orjson.loads(line)
+            if objects and not isinstance(record, dict):
+                record = Malformed(line.strip(), "each record must be a JSON object")
+            records.append(record)
         except orjson.JSONDecodeError as exc:
-            raise invalid_payload(f"line {number} is not valid JSON: {exc}", line=number) from exc
+            _out_of_memory(exc)
+            records.append(Malformed(line.rstrip(b"\r"), f"line {number} is not valid JSON: {exc}"))
     return records
 
 
@@ -154,14 +184,45 @@ def sniff_delimiter(header: str) -> str:
     """The candidate that splits the header line into the most fields, outside quotes."""
     best, best_count = ",", 0
     for delimiter in CSV_DELIMITERS:
-        fields = next(csv.reader([header], delimiter=delimiter), [])
+        try:
+            fields = split_header(header, delimiter)
+        except PushbaseError:
+            continue
         if len(fields) - 1 > best_count:
             best, best_count = delimiter, len(fields) - 1
     return best
 
 
-def parse_csv(data: bytes, delimiter: str | None = None) -> pa.Table:
-    """A CSV with a header row → an Arrow table of strings (empty unquoted cell = null)."""
+def split_header(header: str, delimiter: str) -> list[str]:
+    """A CSV header line's fields. Python's reader refuses fields over 131,072 characters
+    (`csv.Error`); such a header is read by Arrow's reader, which has no such limit."""
+    try:
+        return next(csv.reader([header], delimiter=delimiter), [])
+    except csv.Error:
+        pass
+    line = header.encode("utf-8", "surrogatepass") + b"\n"
+    try:
+        return pacsv.read_csv(
+            io.BytesIO(line),
+            read_options=pacsv.ReadOptions(use_threads=False, block_size=len(line) + 64),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter),
+        ).column_names
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise invalid_payload("CSV header cannot be read") from exc
+
+
+# A record is a row error of its own when pyarrow's reader finds it has the wrong number
+# of fields: `number` is the record's position, the header counting as 1 (blank lines not
+# counted, a quoted newline not starting a record).
+_FIRST_RECORD_NUMBER = 2
+
+
+def parse_csv(
+    data: bytes, delimiter: str | None = None
+) -> tuple[pa.Table, list[tuple[int, str, str]]]:
+    """A CSV with a header row → an Arrow table of strings (empty unquoted cell = null) of
+    its well-formed records, and (record index, message, raw text) of each record with
+    the wrong number of fields, in order."""
     if data.startswith(_BOM):
         data = data[len(_BOM) :]
     first_line_end = data.find(b"\n")
@@ -177,16 +238,32 @@ def parse_csv(data: bytes, delimiter: str | None = None) -> pa.Table:
         # which a lenient reader would silently run to the end of the body.
         raise invalid_payload("CSV has an unterminated quoted field (unbalanced quotes)")
     delimiter = delimiter or sniff_delimiter(header)
-    names = next(csv.reader([header], delimiter=delimiter))
+    names = split_header(header, delimiter)
     if any(not name for name in names):
         raise invalid_payload("CSV header has an empty column name")
     if len(set(names)) != len(names):
         raise invalid_payload("CSV header repeats a column name")
+    malformed: list[tuple[int, str, str]] = []
+
+    def skip(row: Any) -> str:  # called only for a malformed record
+        if row.number is None:  # the reader could not say where: refuse rather than guess
+            return "error"
+        message = f"record has {row.actual_columns} fields, the header {row.expected_columns}"
+        malformed.append(
+            (row.number - _FIRST_RECORD_NUMBER, message, row.text[:MALFORMED_TEXT_BYTES])
+        )
+        return "skip"
+
     try:
-        return pacsv.read_csv(
+        table = pacsv.read_csv(
             io.BytesIO(data),
-            read_options=pacsv.ReadOptions(use_threads=False),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+            read_options=pacsv.ReadOptions(
+                use_threads=False,  # also keeps the malformed records in order
+                block_size=max(1 << 20, 2 * len(header_bytes) + 64),  # the header fits a block
+            ),
+            parse_options=pacsv.ParseOptions(
+                delimiter=delimiter, newlines_in_values=True, invalid_row_handler=skip
+            ),
             convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in names},
                 strings_can_be_null=True,
@@ -197,3 +274,4 @@ def parse_csv(data: bytes, delimiter: str | None = None) -> pa.Table:
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise invalid_payload(f"CSV cannot be read: {exc}") from exc
+    return table, malformed

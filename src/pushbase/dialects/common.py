@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 from pushbase.auth import ApiKey, Scope
-from pushbase.decode.formats import inflate, is_gzip
+from pushbase.decode.formats import Inflater, is_gzip
 from pushbase.errors import PushbaseError
 from pushbase.ingest import Services, check_queue, spool_bytes
 from pushbase.jobs.model import Job
@@ -73,33 +73,44 @@ def too_large(limit: int) -> PushbaseError:
     )
 
 
-async def read_body(request: Request, svc: Services) -> bytes:
-    """The whole body, refused past `max_body_bytes` (413) before more is read; gzip inflated."""
+async def read_body(request: Request, svc: Services) -> bytearray:
+    """The whole body, refused past `max_body_bytes` (413) before more is read; gzip
+    inflated as it arrives, refused once it would pass `max_body_bytes` too (413), so a
+    small gzip bomb never becomes a large buffer. A dialect's body is parsed whole in this
+    process (its envelope holds the rows), so it may not inflate past what it may be sent
+    as: `max_inflated_bytes` bounds payloads, which are decoded elsewhere. Call it only
+    after the key's scope is checked: what an unauthorised caller sends is never read."""
     limit = svc.settings.max_body_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
-    gzip = is_gzip(request.headers.get("content-encoding"))
-    chunks: list[bytes] = []
+    inflater = Inflater(limit) if is_gzip(request.headers.get("content-encoding")) else None
+    body = bytearray()
     size = 0
     async for chunk in request.stream():
+        if not chunk:
+            continue
         size += len(chunk)
         if size > limit:
             raise too_large(limit)
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    if gzip and body:
-        body = await run_in_threadpool(inflate, body, svc.settings.max_inflated_bytes)
+        if inflater is None:
+            body += chunk
+        else:
+            # A small chunk may inflate to many megabytes: off the event loop.
+            body += await run_in_threadpool(inflater.feed, chunk)
+    if inflater is not None and size:
+        inflater.finish()
     return body
 
 
 async def read_json(request: Request, svc: Services, invalid: Callable[[str], Exception]) -> Any:
-    """The body parsed as JSON; `invalid(message)` is raised when it is empty or not JSON."""
+    """The body parsed as JSON (in a thread: a large body takes long to parse);
+    `invalid(message)` is raised when it is empty or not JSON."""
     body = await read_body(request, svc)
-    if not body.strip():
+    if not body or body.isspace():
         raise invalid("the request body is empty")
     try:
-        return orjson.loads(body)
+        return await run_in_threadpool(orjson.loads, body)
     except orjson.JSONDecodeError as exc:
         raise invalid(f"the request body is not valid JSON: {exc}") from exc
 
@@ -125,17 +136,30 @@ def require_scope(key: ApiKey, *scopes: Scope) -> None:
         key.check(scopes[0])
 
 
-def find_dataset(svc: Services, ident: str, *, by_id: bool = True, by_name: bool = True) -> Dataset:
+def find_dataset(
+    svc: Services,
+    ident: str,
+    *,
+    by_id: bool = True,
+    by_name: bool = True,
+    key: ApiKey | None = None,
+) -> Dataset:
     """The dataset whose id (first) or name is `ident`; `dataset_not_found` (404) otherwise.
 
-    A name shared by several datasets is ambiguous (400): the caller must use the id.
+    With `key`, only the datasets the key may use are looked at, so neither a match nor an
+    ambiguity can reveal another dataset's id. A name shared by several datasets is
+    ambiguous (400): the caller must use the id.
     """
-    if by_id and DATASET_ID_RE.match(ident):
+    if by_id and DATASET_ID_RE.match(ident) and (key is None or key.allows_dataset(ident)):
         dataset = svc.store.get_dataset(ident)
         if dataset is not None:
             return dataset
     if by_name:
-        named = [d for d in svc.store.list_datasets() if d.name == ident]
+        named = [
+            d
+            for d in svc.store.list_datasets()
+            if d.name == ident and (key is None or key.allows_dataset(d.id))
+        ]
         if len(named) == 1:
             return named[0]
         if len(named) > 1:
@@ -151,21 +175,19 @@ def find_dataset(svc: Services, ident: str, *, by_id: bool = True, by_name: bool
 
 def usable(svc: Services, key: ApiKey, ident: str, *scopes: Scope, **lookup: bool) -> Dataset:
     """A dataset the key may use with one of `scopes`: the scope first (403), then the
-    lookup (404), then the key's dataset list (403).
+    lookup among the key's datasets only (404, or 403 for a key limited to datasets).
 
-    A key limited to some datasets gets 403 for any other name, existing or not, as
-    on the native routes: it learns nothing about datasets outside its list.
+    A key limited to some datasets gets 403 naming what it sent for any other id or name,
+    existing or not, as on the native routes: it learns nothing about datasets outside
+    its list (not their ids, not that a name is taken).
     """
     require_scope(key, *scopes)
     try:
-        dataset = find_dataset(svc, ident, **lookup)
+        return find_dataset(svc, ident, key=key, **lookup)
     except PushbaseError as exc:
         if exc.status == 404 and key.datasets is not None:
             key.check(scopes[0], ident)
         raise
-    if not key.allows_dataset(dataset.id):
-        key.check(scopes[0], dataset.id)
-    return dataset
 
 
 def writable(svc: Services, key: ApiKey, ident: str, **lookup: bool) -> Dataset:

@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 
 from pushbase.api.deps import KeyDep, ServicesDep
 from pushbase.api.responses import JSON
-from pushbase.auth import ApiKey
+from pushbase.auth import ApiKey, Scope
 from pushbase.decode import DecodeOptions
 from pushbase.decode.coerce import CoerceError, coerce_value
 from pushbase.decode.formats import sniff_delimiter
@@ -38,6 +38,7 @@ from pushbase.dialects.common import (
     dialect_route,
     openapi_body,
     read_json,
+    require_scope,
     spool,
     spool_rows,
     visible_job,
@@ -222,8 +223,11 @@ def rename_header(data: bytes, renames: dict[str, str], taken: set[str]) -> tupl
         raise validation_fails("the file's header line is not UTF-8") from exc
     if not header.strip():
         raise validation_fails("the file must start with a header line")
-    delimiter = sniff_delimiter(header)
-    names = [name.strip() for name in next(csv.reader([header], delimiter=delimiter))]
+    try:
+        delimiter = sniff_delimiter(header)
+        names = [name.strip() for name in next(csv.reader([header], delimiter=delimiter))]
+    except csv.Error as exc:  # e.g. a field longer than the csv module's limit
+        raise validation_fails(f"the file's header line cannot be read: {exc}") from exc
     if len(set(names)) != len(names):
         raise validation_fails("the file's header repeats a column")
     absent = [header for header in renames if header not in names]
@@ -257,8 +261,14 @@ def _job_name(body: dict[str, Any]) -> str | None:
 
 
 async def _file_job(request: Request, svc: Services, key: ApiKey, method_for: str) -> Job:
+    require_scope(key, Scope.write)  # before the body is read
     body = await read_json(request, svc, validation_fails)
-    dataset = await run_in_threadpool(_table, svc, key, body)
+    # Decoding base64 and rewriting the header copy the whole file: not on the event loop.
+    return await submit(svc, await run_in_threadpool(_file_submission, svc, key, body, method_for))
+
+
+def _file_submission(svc: Services, key: ApiKey, body: Any, method_for: str) -> Submission:
+    dataset = _table(svc, key, body)
     deleting = method_for == "delete"
     if deleting and not dataset.unique_key:
         raise validation_fails(f"table {dataset.id!r} has no primary key to delete by")
@@ -280,11 +290,8 @@ async def _file_job(request: Request, svc: Services, key: ApiKey, method_for: st
         method = WriteMethod.delete
     else:
         method = WriteMethod.upsert if dataset.unique_key else WriteMethod.insert
-    payload = await run_in_threadpool(spool, svc, data, "text/csv")
-    submission = Submission(
-        dataset, method, payload, source=SOURCE, options=options, label=job_name
-    )
-    return await submit(svc, submission)
+    payload = spool(svc, data, "text/csv")
+    return Submission(dataset, method, payload, source=SOURCE, options=options, label=job_name)
 
 
 # -- routes --------------------------------------------------------------------------------
@@ -319,6 +326,7 @@ async def async_delete(request: Request, svc: ServicesDep, key: KeyDep):
 )
 async def sync_upsert(request: Request, svc: ServicesDep, key: KeyDep):
     """Upsert up to `max_sync_rows` positional rows; answered once they are written."""
+    require_scope(key, Scope.write)  # before the body is read
     body = await read_json(request, svc, validation_fails)
     dataset = await run_in_threadpool(_table, svc, key, body)
     names = body.get("columns")

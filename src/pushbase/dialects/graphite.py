@@ -32,6 +32,7 @@ from pushbase.dialects.common import (
     dialect_route,
     openapi_body,
     read_json,
+    require_scope,
     spool,
     usable,
     writable,
@@ -227,6 +228,7 @@ def insert_bytes(svc: Services, text: Any, compressed: bool) -> tuple[bytes, str
 )
 async def dataset_fill(request: Request, svc: ServicesDep, key: KeyDep):
     """Append (or, with `append: false`, replace) rows; answered once they are written."""
+    require_scope(key, Scope.write)  # before the body is read
     body = await read_json(request, svc, invalid)
     code = _dataset_code(body)
     dataset = await run_in_threadpool(writable, svc, key, code, by_name=False)
@@ -265,6 +267,7 @@ async def dataset_fill(request: Request, svc: ServicesDep, key: KeyDep):
 )
 async def dataset_complete(request: Request, svc: ServicesDep, key: KeyDep):
     """The end of a fill sequence: the dataset's total row count."""
+    require_scope(key, Scope.write, Scope.read)
     body = await read_json(request, svc, invalid)
     code = _dataset_code(body)
     rows = await run_in_threadpool(_row_count, svc, key, code)

@@ -23,12 +23,10 @@ from pydantic import BaseModel, Field
 
 from pushbase.api.deps import KeyDep, ServicesDep
 from pushbase.api.responses import JSON
-from pushbase.auth import Scope
 from pushbase.dialects.common import (
     dialect_route,
     openapi_body,
     read_json,
-    require_scope,
     spool_rows,
     writable,
 )
@@ -187,13 +185,13 @@ def validate_envelope(body: Any) -> tuple[str, list[Any]]:
 )
 async def data_in(dataset_id: str, request: Request, svc: ServicesDep, key: KeyDep):
     """Ingest events: upserted on a dataset with a unique key, appended otherwise."""
-    require_scope(key, Scope.write)
+    # The path names the dataset: the key is judged whole before the body is read.
+    dataset = await run_in_threadpool(writable, svc, key, dataset_id.strip())
     body = await read_json(request, svc, invalid)
     if isinstance(body, dict) and isinstance(body.get("params"), dict):
         msgid = body["params"].get("msgid")
         request.state.obsrv_msgid = msgid if isinstance(msgid, str) else None
-    msgid, events = validate_envelope(body)
-    dataset = await run_in_threadpool(writable, svc, key, dataset_id.strip())
+    msgid, events = await run_in_threadpool(validate_envelope, body)
     method = WriteMethod.upsert if dataset.unique_key else WriteMethod.insert
     payload = await run_in_threadpool(spool_rows, svc, events)
     submission = Submission(dataset, method, payload, source=SOURCE, idempotency_key=msgid or None)

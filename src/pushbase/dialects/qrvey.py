@@ -22,10 +22,12 @@ from pydantic import BaseModel, Field
 
 from pushbase.api.deps import KeyDep, ServicesDep
 from pushbase.api.responses import JSON
+from pushbase.auth import Scope
 from pushbase.dialects.common import (
     dialect_route,
     openapi_body,
     read_json,
+    require_scope,
     spool_rows,
     visible_job,
     writable,
@@ -135,6 +137,7 @@ def _dataset_id(body: Any) -> str:
 )
 async def post_data(request: Request, svc: ServicesDep, key: KeyDep):
     """Push records: `upsert` (default), `insert` or `delete` by the unique key."""
+    require_scope(key, Scope.write)  # before the body is read
     body = await read_json(request, svc, invalid)
     dataset_id = _dataset_id(body)
     name = body.get("documentUpdateMethod")
@@ -161,6 +164,7 @@ async def post_data(request: Request, svc: ServicesDep, key: KeyDep):
 )
 async def delete_all_data(request: Request, svc: ServicesDep, key: KeyDep):
     """A job that empties the dataset, in order with the pushes before it."""
+    require_scope(key, Scope.write)
     body = await read_json(request, svc, invalid)
     dataset = await run_in_threadpool(writable, svc, key, _dataset_id(body), by_name=False)
     job = await submit(svc, Submission(dataset, WriteMethod.delete_all, None, source=SOURCE))
@@ -194,7 +198,10 @@ def runtime(job: Job) -> str:
 
 def status_document(job: Job) -> dict[str, Any]:
     stats = job.stats
-    successful = stats.received - stats.failed
+    # Qrvey's own example counts an update of three stored records as "successful": 0,
+    # "updated": 3: at the top level `successful` is the records added; the pump's
+    # `successful` is the records read without error.
+    pumped = stats.received - stats.failed
     errors = list(job.errors)
     if job.error is not None:
         errors.append(job.error.model_dump())
@@ -212,7 +219,7 @@ def status_document(job: Job) -> dict[str, Any]:
                     "failed": stats.failed,
                     "pumpTimeSeconds": round(duration / 1000, 3) if duration is not None else 0,
                     "read": stats.received,
-                    "successful": successful,
+                    "successful": pumped,
                 }
             },
             "failed": stats.failed,
@@ -222,7 +229,7 @@ def status_document(job: Job) -> dict[str, Any]:
                 "failed": stats.failed,
                 "updated": stats.updated,
             },
-            "successful": successful,
+            "successful": stats.inserted,
             "updated": stats.updated,
             "errors": errors,
         },

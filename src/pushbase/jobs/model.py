@@ -8,8 +8,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+import orjson
+from pydantic import BaseModel, Field, field_validator
 
+from pushbase.decode.rowerrors import DEFAULT_TEXT_LIMIT, RowError, safe_error_dict, safe_text
 from pushbase.errors import PushbaseError
 from pushbase.schema import WriteMethod
 
@@ -83,6 +85,26 @@ class Job(BaseModel):
     atomic: bool = False
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("errors", mode="after")
+    @classmethod
+    def _safe_errors(cls, errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # A job stored before row errors were made safe may hold a value no JSON encoder
+        # takes (an integer beyond 64 bits): it is made safe as it is read.
+        return [safe_error_dict(e) for e in errors]
+
+    @property
+    def outcome(self) -> str | None:
+        """DESIGN §10.1: complete, partial or rejected once the job has ended; None while
+        it is queued or running, and for a cancelled job (it was neither run nor refused)."""
+        if self.status is JobStatus.failed:
+            return "rejected"
+        if self.status is not JobStatus.succeeded:
+            return None
+        failed = self.stats.failed
+        if not failed:
+            return "complete"
+        return "rejected" if failed >= self.stats.received else "partial"
+
     @property
     def duration_ms(self) -> int | None:
         if self.started_at is None or self.finished_at is None:
@@ -104,7 +126,45 @@ class Job(BaseModel):
             },
         )
         doc["duration_ms"] = self.duration_ms
+        doc["outcome"] = self.outcome
+        # Whatever was stored (older documents too), a job document always encodes.
+        doc["errors"] = [safe_error_dict(e) for e in doc["errors"]]
+        if doc["error"] is not None:
+            doc["error"]["message"] = safe_text(doc["error"]["message"], 4 * DEFAULT_TEXT_LIMIT)
         return doc
+
+
+class RowErrorLimits(BaseModel):
+    """What a job document may hold of its row errors (the settings of the same names)."""
+
+    max_row_errors: int = 100
+    max_row_errors_text: int = DEFAULT_TEXT_LIMIT
+    max_job_document_bytes: int = 256 * 1024
+
+
+def record_row_errors(job: Job, errors: list[RowError], limits: Any) -> None:
+    """Keep a job's row errors as its document shows them: at most `max_row_errors`, each
+    cut to `max_row_errors_text`, and no more than fit `max_job_document_bytes` with the
+    rest of the document; `errors_total` and `stats.failed` still count every one.
+
+    `limits` is anything with those three attributes (Settings, RowErrorLimits); both
+    stores call this, for succeeded and failed jobs alike.
+    """
+    text = limits.max_row_errors_text
+    kept = [e.to_dict(text) for e in errors[: limits.max_row_errors]]
+    job.errors_total = len(errors)
+    job.stats.failed = len({e.row for e in errors})
+    job.errors = []
+    room = limits.max_job_document_bytes - len(orjson.dumps(job.document()))
+    sizes = [len(orjson.dumps(e)) + 1 for e in kept]
+    if sum(sizes) > room:  # drop trailing errors until the document fits
+        total, fits = 0, 0
+        for size in sizes:
+            if total + size > room:
+                break
+            total, fits = total + size, fits + 1
+        kept = kept[:fits]
+    job.errors = kept
 
 
 MAX_GROUP_JOBS = 64  # jobs a worker takes at once from one dataset (group commit)

@@ -19,7 +19,15 @@ from pushbase.decode import DecodedBatch
 from pushbase.errors import PushbaseError, StoreUnavailable
 from pushbase.jobs.ahead import DecodeAhead
 from pushbase.jobs.decoding import Decoder
-from pushbase.jobs.model import ATOMIC_ERROR, MAX_GROUP_JOBS, Job, JobError, JobPhase, JobStatus
+from pushbase.jobs.model import (
+    ATOMIC_ERROR,
+    MAX_GROUP_JOBS,
+    Job,
+    JobError,
+    JobPhase,
+    JobStatus,
+    mark_queued,
+)
 from pushbase.priority import lower_this_thread
 from pushbase.schema import Dataset, UnknownFields, WriteMethod
 from pushbase.settings import Settings
@@ -32,6 +40,9 @@ GROUPABLE = (WriteMethod.insert, WriteMethod.upsert, WriteMethod.delete)
 PURGE_EVERY_SECONDS = 600
 QUIET_SECONDS = 1.0  # no job claimed for this long: the store may tidy up
 STORE_PAUSE_SECONDS = (0.5, 60.0)  # after a store failure: first pause, longest pause
+# Unexplained failures (not the store's: a bug, a write the store refuses every time) a
+# job may meet, alone, before it fails; store failures that may pass have no bound.
+MAX_ATTEMPTS = 3
 
 
 class JobRunner:
@@ -48,6 +59,9 @@ class JobRunner:
         self._last_purge = 0.0
         self._last_claim = 0.0
         self._store_failures = 0  # in a row
+        self._attempts: dict[str, int] = {}  # unexplained failures per job, in this process
+        self._alone: set[str] = set()  # jobs to run one at a time after such a failure
+        self._claims_failing = False
         self._decoder = Decoder(settings.decode_processes, settings.max_inflated_bytes)
         self._ahead = DecodeAhead(store, self._decode, settings.group_max_bytes, MAX_GROUP_JOBS)
 
@@ -114,33 +128,46 @@ class JobRunner:
     def _loop(self) -> None:
         lower_this_thread()
         while not self._stopping.is_set():
-            group = self._claim()
-            if not group:
-                self._housekeeping()
-                with self._wake:
-                    self._wake.wait(IDLE_POLL_SECONDS)
-                continue
             try:
-                self.run_group(group)
-            finally:
-                for job in group:
-                    try:
-                        self.store.release(job.id)
-                    except Exception:
-                        log.exception("releasing job %s failed", job.id)
-                with self._busy_lock:
-                    self._busy.discard(group[0].dataset_id)
-                for job in group:
-                    self._signal(job.id)
-                self.notify()  # the dataset's next jobs may now run
+                self._turn()
+            except Exception:  # a bug: this worker must live on, or jobs stop for good
+                log.exception("worker %s: unexpected error; carrying on", _thread_name())
+                self._stopping.wait(1.0)
+
+    def _turn(self) -> None:
+        group = self._claim()
+        if not group:
+            self._housekeeping()
+            with self._wake:
+                self._wake.wait(IDLE_POLL_SECONDS)
+            return
+        try:
+            self.run_group(group)
+        finally:
+            for job in group:
+                try:
+                    self.store.release(job.id)
+                except Exception:
+                    log.exception("releasing job %s failed", job.id)
+            with self._busy_lock:
+                self._busy.discard(group[0].dataset_id)
+            for job in group:
+                self._signal(job.id)
+            self.notify()  # the dataset's next jobs may now run
 
     def _claim(self) -> list[Job]:
         with self._busy_lock:
             try:
                 group = self.store.claim_jobs(set(self._busy), self._joins)
+            except StoreUnavailable as exc:  # may pass: said once, not twice a second
+                if not self._claims_failing:
+                    log.warning("claiming jobs waits: %s (%s)", exc.message, exc.code)
+                self._claims_failing = True
+                return []
             except Exception:
                 log.exception("claiming jobs failed")
                 return []
+            self._claims_failing = False
             if group:
                 self._busy.add(group[0].dataset_id)
                 self._last_claim = time.monotonic()
@@ -157,6 +184,8 @@ class JobRunner:
         head = group[0]
         if head.method not in GROUPABLE or job.method is not head.method:
             return False
+        if head.id in self._alone or job.id in self._alone:
+            return False
         if head.atomic or job.atomic:
             return False
         if sum(j.bytes for j in group) + job.bytes > self.settings.group_max_bytes:
@@ -170,15 +199,22 @@ class JobRunner:
         return not (head.method is WriteMethod.upsert and required)
 
     def run_group(self, group: list[Job]) -> list[Job]:
-        """Decode each job, then write all that decoded in one transaction."""
+        """Decode each job, then write all that decoded in one transaction.
+
+        What goes wrong is sorted by whether it may pass. A store failure (unreachable,
+        out of memory, disk full, I/O, a database being reopened: `StoreUnavailable`, and
+        `OSError` but a missing file) puts the acknowledged jobs back in the queue, as often
+        as it takes: they run once the store can take them. Anything else (a bug, a write
+        the store refuses every time, Python's own MemoryError, which a payload can cause
+        every time) is retried one job at a time, and a job that fails so `MAX_ATTEMPTS`
+        times ends `failed` with `internal_error`: one job cannot stop its dataset for good,
+        and its neighbours in the group do not pay for it."""
+        done: list[Job] = []  # jobs whose end is recorded
         try:
             dataset = self.store.get_dataset(group[0].dataset_id)
             if dataset is None:
-                return [
-                    self._fail(j, "dataset_not_found", "the dataset was dropped") for j in group
-                ]
+                return self._fail_all(group, "dataset_not_found", "the dataset was dropped")
             works: list[Work] = []
-            done: list[Job] = []
             decodable = [job for job in group if job.method is not WriteMethod.delete_all]
             if len(decodable) > 1:
                 self._ahead.start_decoding(decodable, dataset)
@@ -198,6 +234,7 @@ class JobRunner:
                     continue
                 works.append(Work(job, batch))
             if not works:
+                self._forget(group)
                 return done
             for work in works:
                 self.store.set_phase(work.job.id, JobPhase.writing, 50)
@@ -208,43 +245,114 @@ class JobRunner:
             del works
             self._store_failures = 0
             pa.default_memory_pool().release_unused()  # keep RSS near what is in use
+            self._forget(group)
             return [*done, *written]
         except StoreUnavailable as exc:
-            self._wait_for_store(group, exc)
-            return done
-        except Exception as exc:  # a bug or a store failure: the jobs fail, the worker lives
+            self._wait_for_store(self._unfinished(group, done), exc.code, exc.message)
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError):  # a payload gone: no retry brings it back
+                log.exception("jobs %s failed", [j.id for j in group])
+                done.extend(self._after_failure(self._unfinished(group, done)))
+            else:  # the disk, I/O: may pass too
+                log.warning("jobs %s met %r", [j.id for j in group], exc, exc_info=True)
+                self._wait_for_store(self._unfinished(group, done), "store_io_error", str(exc))
+        except Exception:
             log.exception("jobs %s failed", [j.id for j in group])
-            message = f"{type(exc).__name__}: {exc}"
-            return [self._fail(j, "internal_error", message) for j in group if not self._ended(j)]
+            done.extend(self._after_failure(self._unfinished(group, done)))
+        return done
 
-    def _wait_for_store(self, group: list[Job], exc: StoreUnavailable) -> None:
+    @staticmethod
+    def _unfinished(group: list[Job], done: list[Job]) -> list[Job]:
+        """The group's jobs whose end was not recorded; in memory a failed write may have
+        marked them finished, so the store's word (`done`) decides, not their status."""
+        ended = {job.id for job in done}
+        return [job for job in group if job.id not in ended]
+
+    def _after_failure(self, jobs: list[Job]) -> list[Job]:
+        """An unexplained failure: run the jobs one at a time from now on, so that a bad
+        one costs only itself; fail those that failed alone `MAX_ATTEMPTS` times."""
+        if len(jobs) > 1:
+            self._alone.update(job.id for job in jobs)
+        again, failed = [], []
+        for job in jobs:
+            self._attempts[job.id] = tries = self._attempts.get(job.id, 0) + 1
+            (failed if tries >= MAX_ATTEMPTS and len(jobs) == 1 else again).append(job)
+        done = self._fail_all(failed, "internal_error", "")
+        if again:
+            self._requeue(again, pause=len(jobs) == 1)
+        return done
+
+    def _wait_for_store(self, jobs: list[Job], code: str, message: str) -> None:
         """A store failure that may pass: the unfinished jobs go back to the queue, not
         to failed (they were acknowledged), and this worker pauses before it claims
         again, twice as long each time in a row. The dataset stays busy meanwhile."""
         self._store_failures += 1
-        first, longest = STORE_PAUSE_SECONDS
-        pause = min(longest, first * 2 ** (self._store_failures - 1))
-        waiting = [job for job in group if not job.status.finished]
         log.warning(
             "%s: %s; %d jobs back in the queue, next try in %.1fs",
-            exc.code, exc.message, len(waiting), pause,
+            code, message, len(jobs), self._pause(),
         )  # fmt: skip
+        self._requeue(jobs, pause=True)
+
+    def _pause(self) -> float:
+        first, longest = STORE_PAUSE_SECONDS
+        return min(longest, first * 2 ** max(0, self._store_failures - 1))
+
+    def _requeue(self, jobs: list[Job], pause: bool) -> None:
+        """Put jobs back in the queue, trying until it works (the store may be failing
+        too): a job left `running` would never run again in this process. The dataset
+        stays busy meanwhile, so its later jobs cannot overtake these. On stop they are
+        left to the next start, which requeues what was running."""
+        for job in jobs:
+            mark_queued(job)  # a failed write may have marked it finished in memory
+        while not self._put_back(jobs):
+            self._store_failures += 1
+            if self._stopping.wait(self._pause()):
+                return
+        if pause:
+            self._stopping.wait(self._pause())
+
+    def _put_back(self, jobs: list[Job]) -> bool:
+        if not jobs:
+            return True
         try:
-            self.store.requeue(waiting)
+            self.store.requeue(jobs)
+            return True
         except Exception:
-            log.exception("putting jobs back in the queue failed")
-        self._stopping.wait(pause)
+            log.warning("putting jobs %s back in the queue failed; trying again",
+                        [j.id for j in jobs], exc_info=True)  # fmt: skip
+            return False
 
     def _decode(self, job: Job, dataset: Dataset) -> DecodedBatch:
         payload = self.store.payload_file(job) or self.store.read_payload(job)
         return self._decoder.decode(job, dataset, payload)
 
-    def _ended(self, job: Job) -> bool:
-        current = self.store.get_job(job.id)
-        return current is not None and current.status.finished
-
     def _fail(self, job: Job, code: str, message: str) -> Job:
+        """Within a group's run: if this raises, the group's handlers take over."""
         return self.store.fail_job(job, JobError(code=code, message=message))
+
+    def _fail_all(self, jobs: list[Job], code: str, message: str) -> list[Job]:
+        """Record the jobs as failed (an empty message: the user-facing words for an
+        internal error). One whose failure cannot be recorded goes back to the queue:
+        nothing raises from here."""
+        failed = []
+        for job in jobs:
+            text = message or (
+                f"the write failed inside the store; the server log has details (job {job.id})"
+            )
+            try:
+                failed.append(self.store.fail_job(job, JobError(code=code, message=text)))
+            except Exception:
+                log.exception("recording job %s as failed did not work; back in the queue",
+                              job.id)  # fmt: skip
+                self._requeue([job], pause=True)
+                continue
+            self._forget([job])
+        return failed
+
+    def _forget(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self._attempts.pop(job.id, None)
+            self._alone.discard(job.id)
 
     def _housekeeping(self) -> None:
         self._maybe_purge()
@@ -268,6 +376,10 @@ class JobRunner:
             self.store.purge(cutoff)
         except Exception:
             log.exception("purging old jobs failed")
+
+
+def _thread_name() -> str:
+    return threading.current_thread().name
 
 
 __all__ = ["JobRunner", "JobStatus"]

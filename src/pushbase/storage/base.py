@@ -18,10 +18,10 @@ import pyarrow as pa
 
 from pushbase.auth import ApiKey
 from pushbase.decode import RowError
-from pushbase.errors import PushbaseError
+from pushbase.errors import PushbaseError, StoreUnavailable
 from pushbase.jobs.model import Job, JobError, JobPhase, JobStatus
 from pushbase.payload import Payload
-from pushbase.schema import Column, Dataset
+from pushbase.schema import Column, Dataset, check_columns
 from pushbase.storage.writer import Work
 
 GroupRule = Callable[[list[Job], Job], bool]
@@ -37,6 +37,38 @@ def refuse_newer_schema(found: int, known: int) -> None:
             f" release knows {known}): run the later release",
             500,
         )
+
+
+class NotWritten(Exception):
+    """Raised inside a write's transaction to roll it back: every job of it fails so."""
+
+    def __init__(self, error: JobError) -> None:
+        self.error = error
+
+
+DATASET_DROPPED = JobError(code="dataset_not_found", message="the dataset was dropped")
+
+
+def merge_columns(
+    stored: Dataset, add_columns: list[Column], known: set[str] | None = None
+) -> list[Column]:
+    """The stored columns and those added, checked as new names against them.
+
+    A change bases on the stored columns, not its caller's copy: a PATCH and a write that
+    adds columns may both have read the dataset before either saved. For a write, `known`
+    is the columns it decoded by: when its names are refused because a change made
+    meanwhile added one, it runs again (decoded anew); otherwise its jobs fail."""
+    columns = [*stored.columns, *(c.model_copy() for c in add_columns)]
+    try:
+        return check_columns(columns, stored.unique_key, stored=len(stored.columns))
+    except PushbaseError as exc:
+        if known is None:
+            raise
+        if any(c.name not in known for c in stored.columns):
+            raise StoreUnavailable(
+                "dataset_changed", "the dataset's columns changed meanwhile; the job runs again"
+            ) from exc
+        raise NotWritten(JobError(code=exc.code, message=exc.message)) from exc
 
 
 @dataclass
@@ -80,13 +112,18 @@ class Store(ABC):
     def list_datasets(self) -> list[Dataset]: ...
 
     @abstractmethod
-    def update_dataset(self, dataset: Dataset, add_columns: list[Column]) -> None: ...
+    def update_dataset(self, dataset: Dataset, add_columns: list[Column]) -> None:
+        """Save `dataset` (whose columns end with `add_columns`) and add those columns to its
+        table. Columns another change added meanwhile are kept, and `dataset.columns` is
+        set to the stored list. `dataset_not_found` (404) if it was dropped meanwhile;
+        `duplicate_column` (400) if an added name clashes with a stored one."""
 
     @abstractmethod
     def drop_dataset(self, dataset_id: str) -> bool: ...
 
     @abstractmethod
-    def row_count(self, dataset_id: str) -> int: ...
+    def row_count(self, dataset_id: str) -> int:
+        """Rows in the dataset's table; 0 if the dataset is gone (dropped meanwhile)."""
 
     # rows -------------------------------------------------------------
     @abstractmethod
@@ -124,6 +161,10 @@ class Store(ABC):
 
     @abstractmethod
     def get_job(self, job_id: str) -> Job | None: ...
+
+    @abstractmethod
+    def job_counts(self) -> dict[JobStatus, int]:
+        """How many jobs the store holds in each status (every status present; for metrics)."""
 
     @abstractmethod
     def list_jobs(

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from pushbase.auth import ApiKey
 from pushbase.decode import RowError
-from pushbase.errors import PushbaseError, StoreUnavailable
+from pushbase.errors import InsufficientStorage, PushbaseError, StoreUnavailable, not_found
 from pushbase.jobs.model import (
     ATOMIC_ERROR,
     MAX_GROUP_JOBS,
@@ -32,8 +32,21 @@ from pushbase.payload import Payload
 from pushbase.priority import call_in_background_thread, lower_this_thread
 from pushbase.schema import Column, ColumnType, Dataset
 from pushbase.settings import MIB, Settings
-from pushbase.storage.base import GroupRule, RowQuery, Store, refuse_newer_schema
-from pushbase.storage.duckdb_memory import MemoryLimit, default_ceiling_mb, out_of_memory
+from pushbase.storage.base import (
+    DATASET_DROPPED,
+    GroupRule,
+    NotWritten,
+    RowQuery,
+    Store,
+    merge_columns,
+    refuse_newer_schema,
+)
+from pushbase.storage.duckdb_memory import (
+    MemoryLimit,
+    default_ceiling_mb,
+    engine_failure,
+    needs_reopening,
+)
 from pushbase.storage.inbox import Inbox
 from pushbase.storage.spool import Spool
 from pushbase.storage.sql import job_filter, quote, table_name
@@ -74,6 +87,17 @@ MIGRATIONS: list[list[str]] = [
 
 
 REGISTER_COALESCE_SECONDS = 0.05
+REOPEN_PAUSE_SECONDS = 1.0  # between tries to reopen a failed database
+CHECKPOINT_PAUSE_SECONDS = (30.0, 900.0)  # after a failed idle checkpoint: first, longest
+
+# Dataset changes are rare and short: one lock for the process orders them with `_datasets`.
+_CATALOG_LOCK = threading.RLock()
+
+
+def _busy(dataset_id: str) -> PushbaseError:
+    return PushbaseError(
+        "dataset_busy", f"dataset {dataset_id!r} is being written or changed; try again", 409
+    )
 
 
 def column_ddl(column: Column, key: bool = False) -> str:
@@ -113,21 +137,17 @@ class DuckDBStore(Store):
         self._registrar = threading.Thread(target=self._registrar_loop, daemon=True)
         self._wake_registrar = threading.Event()
         self._closing = threading.Event()
+        self._reopen_lock = threading.RLock()  # swapping `_db` after a fatal error
+        self._down = False  # the database failed and is not open again yet
+        self._reopen_at = 0.0  # monotonic time of the next try while down
+        self._checkpoint_at = 0.0  # no idle checkpoint before (after one failed)
+        self._checkpoint_pause = 0.0
 
     # life cycle -------------------------------------------------------
     def open(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.spool.prepare()
-        path = str(self.settings.duckdb_path)
-        # DuckDB's worker threads start here and keep the priority of the opening thread.
-        self._db = call_in_background_thread(lambda: duckdb.connect(path))
-        # Checkpoints rewrite the keyed tables and their indexes: not after every group.
-        self._db.execute(f"SET checkpoint_threshold = '{self.settings.duckdb_checkpoint_mb}MB'")
-        # One core is left to decoding and requests: on two cores a write with one thread
-        # takes as long as with two (~0.25 s per 150k rows) and leaves the decoder its core.
-        self._db.execute(f"SET threads = {self.settings.duckdb_threads}")
-        # DuckDB would otherwise take most of the machine's memory for its buffers.
-        self.memory.open(self._db)
+        self._db = self._connect()
         with self._cursor() as cur:
             cur.execute("CREATE TABLE IF NOT EXISTS _pb_version (version INTEGER)")
             row = cur.execute("SELECT max(version) FROM _pb_version").fetchone()
@@ -139,15 +159,7 @@ class DuckDBStore(Store):
                     cur.execute(statement)
                 cur.execute("INSERT INTO _pb_version VALUES (?)", [version])
                 cur.execute("COMMIT")
-            for (doc,) in cur.execute("SELECT doc FROM _pb_datasets").fetchall():
-                dataset = Dataset.model_validate_json(doc)
-                self._datasets[dataset.id] = dataset
-            for doc, key_hash in cur.execute(
-                "SELECT doc, key_hash FROM _pb_keys WHERE NOT revoked"
-            ).fetchall():
-                key = ApiKey.model_validate_json(doc)
-                key.key_hash = key_hash
-                self._keys[key_hash] = key
+            self._load_catalog(cur)
             recorded = {r[0] for r in cur.execute("SELECT id FROM _pb_jobs").fetchall()}
             self._seq = cur.execute("SELECT coalesce(max(seq), 0) FROM _pb_jobs").fetchone()[0]
             window = datetime.now(UTC) - timedelta(seconds=self.settings.idempotency_window_seconds)
@@ -168,15 +180,83 @@ class DuckDBStore(Store):
         self._drop_orphan_payloads()
         self._registrar.start()
 
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        path = str(self.settings.duckdb_path)
+        # DuckDB's worker threads start here and keep the priority of the opening thread.
+        db = call_in_background_thread(lambda: duckdb.connect(path))
+        try:
+            # Checkpoints rewrite the keyed tables and their indexes: not after every group.
+            db.execute(f"SET checkpoint_threshold = '{self.settings.duckdb_checkpoint_mb}MB'")
+            # One core is left to decoding and requests: on two cores a write with one thread
+            # takes as long as with two (~0.25 s per 150k rows) and leaves the decoder its core.
+            db.execute(f"SET threads = {self.settings.duckdb_threads}")
+            # DuckDB would otherwise take most of the machine's memory for its buffers.
+            self.memory.open(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _load_catalog(self, cur: duckdb.DuckDBPyConnection) -> None:
+        """Datasets and keys into memory, as the file has them (replacing what was there)."""
+        datasets = {}
+        for (doc,) in cur.execute("SELECT doc FROM _pb_datasets").fetchall():
+            dataset = Dataset.model_validate_json(doc)
+            datasets[dataset.id] = dataset
+        keys = {}
+        for doc, key_hash in cur.execute(
+            "SELECT doc, key_hash FROM _pb_keys WHERE NOT revoked"
+        ).fetchall():
+            key = ApiKey.model_validate_json(doc)
+            key.key_hash = key_hash
+            keys[key_hash] = key
+        self._datasets, self._keys = datasets, keys
+
+    def _reopen(self, broken: duckdb.DuckDBPyConnection | None, cause: BaseException) -> None:
+        """DuckDB invalidated its database (a fatal error: a checkpoint that met a full disk
+        or too little memory), and every later statement would fail until a restart. Close
+        it and connect again, without a restart: committed work is in the file and its log
+        (DuckDB replays it); accepted jobs not yet recorded are still in the inbox and the
+        registrar records them; jobs that were running are requeued by their workers, whose
+        writes failed. On failure the store stays down and the next statement tries again."""
+        with self._reopen_lock:
+            if self._db is not broken or self._closing.is_set():
+                return  # another thread reopened it already, or the store is closing
+            if broken is None and time.monotonic() < self._reopen_at:
+                return
+            self._down = True
+            self._db = None
+            if broken is not None:
+                log.error("DuckDB failed and invalidated the database; reopening it: %s", cause)
+                with contextlib.suppress(duckdb.Error):
+                    broken.close()
+            try:
+                db = self._connect()
+                try:
+                    with contextlib.closing(db.cursor()) as cur:
+                        self._load_catalog(cur)
+                except BaseException:
+                    db.close()
+                    raise
+            except Exception:
+                log.exception("reopening the database failed; trying again in a moment")
+                self._reopen_at = time.monotonic() + REOPEN_PAUSE_SECONDS
+                return
+            self._db, self._down = db, False
+            log.warning("DuckDB reopened: the store serves again")
+        self._wake_registrar.set()
+
     def close(self) -> None:
         self._closing.set()
         self._wake_registrar.set()
         if self._registrar.is_alive():
             self._registrar.join(10)
-        if self._db is not None:
-            self._register()
-            self._db.close()
-            self._db = None
+        with self._reopen_lock:
+            if self._db is not None:
+                with contextlib.suppress(StoreUnavailable):  # recorded on the next start
+                    self._register()
+                self._db.close()
+                self._db = None
 
     def prepare_to_run(self) -> None:
         pass  # one process accepts and runs every job; its spool serves both
@@ -187,33 +267,65 @@ class DuckDBStore(Store):
         # moment when no job runs is a better time for it.
         limit = self.settings.duckdb_idle_checkpoint_mb * MIB
         wal = self.settings.duckdb_path.with_name(self.settings.duckdb_path.name + ".wal")
+        if time.monotonic() < self._checkpoint_at:
+            return
         with contextlib.suppress(FileNotFoundError):
             if limit and wal.stat().st_size >= limit:
-                with self._cursor() as cur:
-                    cur.execute("CHECKPOINT")
+                try:
+                    with self._cursor() as cur:
+                        cur.execute("CHECKPOINT")
+                except StoreUnavailable:
+                    # Short of disk or memory: DuckDB invalidated the database, which was
+                    # reopened. Trying again at every idle moment would do the same.
+                    self._checkpoint_pause = (
+                        min(CHECKPOINT_PAUSE_SECONDS[1], 2 * self._checkpoint_pause)
+                        or CHECKPOINT_PAUSE_SECONDS[0]
+                    )
+                    self._checkpoint_at = time.monotonic() + self._checkpoint_pause
+                    raise
+                self._checkpoint_pause = 0.0
 
     def ping(self) -> bool:
-        try:
-            with self._cursor() as cur:
-                cur.execute("SELECT 1").fetchone()
-            return True
-        except Exception:
-            return False
+        for _ in range(2):  # a failed database is reopened by the first try
+            try:
+                with self._cursor() as cur:
+                    cur.execute("SELECT 1").fetchone()
+                return True
+            except Exception:
+                if self._down or self._closing.is_set():
+                    return False
+        return False
 
     @contextlib.contextmanager
     def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        if self._db is None:
+        """A cursor whose engine failures that may pass (memory, disk, I/O, a fatal error
+        that needs the database reopened) come out as `StoreUnavailable`: 503/507 to a
+        request, back to the queue for a job. Other DuckDB errors pass through."""
+        db = self._db
+        if db is None and self._down:
+            self._reopen(None, RuntimeError("still down"))
+            db = self._db
+        if db is None:
+            if self._down:
+                raise StoreUnavailable(
+                    "store_unavailable", "the embedded store is reopening; try again", 5
+                )
             raise StoreUnavailable("store_closed", "the store is not open")
-        cur = self._db.cursor()
+        cur = None
         try:
+            cur = db.cursor()
             yield cur
         except duckdb.Error as exc:
-            unavailable = out_of_memory(exc)
+            if needs_reopening(exc):
+                self._reopen(db, exc)
+            unavailable = engine_failure(exc)
             if unavailable is None:
                 raise
             raise unavailable from exc
         finally:
-            cur.close()
+            if cur is not None:
+                with contextlib.suppress(duckdb.Error):
+                    cur.close()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -222,35 +334,46 @@ class DuckDBStore(Store):
             try:
                 yield cur
             except BaseException:
-                cur.execute("ROLLBACK")
+                # A failed COMMIT or a fatal error left no transaction to roll back: the
+                # error that got here is the one to report.
+                with contextlib.suppress(duckdb.Error):
+                    cur.execute("ROLLBACK")
                 raise
             cur.execute("COMMIT")
 
     # datasets ---------------------------------------------------------
+    # A change to a dataset updates the file, then `_datasets`; `_CATALOG_LOCK` makes the
+    # two one step for create, PATCH and drop, so concurrent changes (a PATCH racing a drop)
+    # leave memory as the file is. A write that adds columns reloads the document after
+    # its commit, under the same lock. DuckDB refuses conflicting transactions rather than
+    # waiting: a PATCH or drop that meets a write's uncommitted change answers 409
+    # `dataset_busy`; a write that meets a committed PATCH or drop runs again or fails.
     def create_dataset(self, dataset: Dataset) -> None:
         columns = ", ".join(column_ddl(c, c.name in dataset.unique_key) for c in dataset.columns)
         if dataset.unique_key:
             columns += f", PRIMARY KEY ({', '.join(quote(k) for k in dataset.unique_key)})"
-        try:
-            with self._transaction() as cur:
-                if cur.execute("SELECT 1 FROM _pb_datasets WHERE id = ?", [dataset.id]).fetchone():
-                    raise PushbaseError(
-                        "dataset_exists", f"dataset {dataset.id!r} already exists", 409
+        with _CATALOG_LOCK:
+            try:
+                with self._transaction() as cur:
+                    if cur.execute(
+                        "SELECT 1 FROM _pb_datasets WHERE id = ?", [dataset.id]
+                    ).fetchone():
+                        raise PushbaseError(
+                            "dataset_exists", f"dataset {dataset.id!r} already exists", 409
+                        )
+                    cur.execute(f"CREATE TABLE {table_name(dataset.id)} ({columns})")
+                    cur.execute(
+                        "INSERT INTO _pb_datasets VALUES (?, ?)",
+                        [dataset.id, self._dataset_doc(dataset)],
                     )
-                cur.execute(f"CREATE TABLE {table_name(dataset.id)} ({columns})")
-                cur.execute(
-                    "INSERT INTO _pb_datasets VALUES (?, ?)",
-                    [dataset.id, self._dataset_doc(dataset)],
-                )
+            except (duckdb.ConstraintException, duckdb.CatalogException) as exc:
+                # DuckDB compares table names case-insensitively: `ds_A` is `ds_a`.
+                other = [i for i in self._datasets if i.casefold() == dataset.id.casefold()]
+                detail = f" (dataset {other[0]!r} differs only in case)" if other else ""
+                raise PushbaseError(
+                    "dataset_exists", f"dataset {dataset.id!r} already exists{detail}", 409
+                ) from exc
             self._datasets[dataset.id] = dataset.model_copy(deep=True)
-        except duckdb.ConstraintException as exc:
-            raise PushbaseError(
-                "dataset_exists", f"dataset {dataset.id!r} already exists", 409
-            ) from exc
-        except duckdb.CatalogException as exc:
-            raise PushbaseError(
-                "dataset_exists", f"dataset {dataset.id!r} already exists", 409
-            ) from exc
 
     @staticmethod
     def _dataset_doc(dataset: Dataset) -> str:
@@ -261,37 +384,71 @@ class DuckDBStore(Store):
         return dataset.model_copy(deep=True) if dataset else None  # callers may change theirs
 
     def list_datasets(self) -> list[Dataset]:
-        return [self._datasets[i].model_copy(deep=True) for i in sorted(self._datasets)]
+        datasets = dict(self._datasets)  # a drop may remove one meanwhile
+        return [datasets[i].model_copy(deep=True) for i in sorted(datasets)]
 
     def update_dataset(self, dataset: Dataset, add_columns: list[Column]) -> None:
-        with self._transaction() as cur:
-            self._update_dataset(cur, dataset, add_columns)
+        with _CATALOG_LOCK:
+            try:
+                with self._transaction() as cur:
+                    saved = self._update_dataset(cur, dataset, add_columns)
+            except duckdb.TransactionException as exc:
+                raise _busy(dataset.id) from exc
+            if saved is None:
+                self._datasets.pop(dataset.id, None)
+                raise not_found("dataset", dataset.id)  # dropped since it was read
+            self._datasets[dataset.id] = saved.model_copy(deep=True)
+        dataset.columns = saved.columns  # with any column a write added meanwhile
 
     def _update_dataset(
-        self, cur: duckdb.DuckDBPyConnection, dataset: Dataset, add_columns: list[Column]
-    ) -> None:
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        dataset: Dataset,
+        add_columns: list[Column],
+        known: set[str] | None = None,
+    ) -> Dataset | None:
+        """Add columns and save the document (not `_datasets`: the caller does, after the
+        commit): the document saved, or None when the dataset is gone. A PATCH also sets
+        name, description and policy; a write (`known`: see `merge_columns`) only adds."""
+        row = cur.execute("SELECT doc FROM _pb_datasets WHERE id = ?", [dataset.id]).fetchone()
+        if row is None:
+            return None
+        stored = Dataset.model_validate_json(row[0])
+        columns = merge_columns(stored, add_columns, known)
+        saved = (stored if known is not None else dataset).model_copy(
+            update={"columns": columns, "updated_at": dataset.updated_at}
+        )
+        cur.execute(
+            "UPDATE _pb_datasets SET doc = ? WHERE id = ?", [self._dataset_doc(saved), dataset.id]
+        )
         for column in add_columns:
             # New columns are nullable in storage: existing rows have no value for them.
             cur.execute(
                 f"ALTER TABLE {table_name(dataset.id)} ADD COLUMN"
                 f" {quote(column.name)} {SQL_TYPES[column.type]}"
             )
-        cur.execute(
-            "UPDATE _pb_datasets SET doc = ? WHERE id = ?", [self._dataset_doc(dataset), dataset.id]
-        )
-        self._datasets[dataset.id] = dataset.model_copy(deep=True)
+        return saved
 
     def drop_dataset(self, dataset_id: str) -> bool:
-        with self._transaction() as cur:
-            found = cur.execute("DELETE FROM _pb_datasets WHERE id = ?", [dataset_id]).fetchone()[0]
-            if found:
-                cur.execute(f"DROP TABLE IF EXISTS {table_name(dataset_id)}")
-        self._datasets.pop(dataset_id, None)
+        with _CATALOG_LOCK:
+            try:
+                with self._transaction() as cur:
+                    found = cur.execute(
+                        "DELETE FROM _pb_datasets WHERE id = ?", [dataset_id]
+                    ).fetchone()[0]
+                    if found:
+                        cur.execute(f"DROP TABLE IF EXISTS {table_name(dataset_id)}")
+            except duckdb.TransactionException as exc:
+                raise _busy(dataset_id) from exc
+            self._datasets.pop(dataset_id, None)
         return bool(found)
 
     def row_count(self, dataset_id: str) -> int:
-        with self._cursor() as cur:
-            return cur.execute(f"SELECT count(*) FROM {table_name(dataset_id)}").fetchone()[0]
+        try:
+            with self._cursor() as cur:
+                return cur.execute(f"SELECT count(*) FROM {table_name(dataset_id)}").fetchone()[0]
+        except duckdb.CatalogException:
+            return 0  # no table (dropped meanwhile): one dataset never fails a whole list
 
     # rows -------------------------------------------------------------
     def read_rows(self, dataset: Dataset, query: RowQuery) -> tuple[pa.Table, int]:
@@ -301,13 +458,43 @@ class DuckDBStore(Store):
             order = ", ".join(quote(k) for k in dataset.unique_key) or "rowid"
         columns = ", ".join(quote(c.name) for c in dataset.columns)
         table = table_name(dataset.id)
-        with self._cursor() as cur:
+        with self._cursor() as cur, self._gone_as_not_found(dataset.id):
             total = cur.execute(f"SELECT count(*) FROM {table}{where}", params).fetchall()[0][0]
             page = cur.sql(
                 f"SELECT {columns} FROM {table}{where} ORDER BY {order} LIMIT ? OFFSET ?",
                 params=[*params, query.limit, query.offset],
             ).to_arrow_table()
         return page, total
+
+    @contextlib.contextmanager
+    def _gone_as_not_found(self, dataset_id: str) -> Iterator[None]:
+        """A read that meets the table dropped under it: the dataset is gone, 404."""
+        try:
+            yield
+        except duckdb.CatalogException as exc:
+            if self._exists(dataset_id):  # a table lost before this release: drop it
+                log.warning("dataset %r has no table: %s", dataset_id, exc)
+            raise not_found("dataset", dataset_id) from exc
+
+    def _committed(self, saved: Dataset) -> None:
+        """After a write that added columns committed `saved`: memory takes the document
+        the file now has (a PATCH may have saved a later one), or `saved` if it cannot be
+        read (a stale copy would make every later push add the same columns again)."""
+        with _CATALOG_LOCK:
+            try:
+                with self._cursor() as cur:
+                    row = cur.execute(
+                        "SELECT doc FROM _pb_datasets WHERE id = ?", [saved.id]
+                    ).fetchone()
+            except StoreUnavailable:
+                row = (self._dataset_doc(saved),)
+            if row:
+                self._datasets[saved.id] = Dataset.model_validate_json(row[0])
+
+    def _exists(self, dataset_id: str) -> bool:
+        """Whether the dataset exists once a change in progress (a drop) is done."""
+        with _CATALOG_LOCK:
+            return dataset_id in self._datasets
 
     @staticmethod
     def _where(filters: dict[str, Any]) -> tuple[str, list[Any]]:
@@ -322,11 +509,17 @@ class DuckDBStore(Store):
     def export_batches(self, dataset: Dataset) -> Iterator[pa.RecordBatch]:
         columns = ", ".join(quote(c.name) for c in dataset.columns)
         order = ", ".join(quote(k) for k in dataset.unique_key) or "rowid"
-        with self._cursor() as cur:
+        with self._cursor() as cur, self._gone_as_not_found(dataset.id):
             reader = cur.sql(
                 f"SELECT {columns} FROM {table_name(dataset.id)} ORDER BY {order}"
             ).to_arrow_reader(50_000)
             yield from reader
+
+    def job_counts(self) -> dict[JobStatus, int]:
+        self._register()  # accepted jobs not yet recorded count too
+        with self._cursor() as cur:
+            rows = cur.execute("SELECT status, count(*) FROM _pb_jobs GROUP BY status").fetchall()
+        return {status: 0 for status in JobStatus} | {JobStatus(s): n for s, n in rows}
 
     # keys -------------------------------------------------------------
     def add_key(self, key: ApiKey) -> None:
@@ -410,14 +603,21 @@ class DuckDBStore(Store):
 
     def _registrar_loop(self) -> None:
         lower_this_thread()
+        failing = False
         while not self._closing.is_set():
             self._wake_registrar.wait(1.0)
             self._wake_registrar.clear()
             try:
                 self._register()
+                failing = False
+            except StoreUnavailable as exc:  # a full disk, a reopening database: it waits
+                if not failing:
+                    log.warning("recording accepted jobs waits: %s (%s)", exc.message, exc.code)
+                failing = True
+                self._closing.wait(0.5)
             except Exception:
                 log.exception("recording accepted jobs failed; retrying")
-                time.sleep(0.5)
+                self._closing.wait(0.5)
             # A burst of pushes is recorded in a few transactions, not one per push; claims
             # and job lists record what is pending themselves, so nothing waits for this.
             self._closing.wait(REGISTER_COALESCE_SECONDS)
@@ -439,7 +639,17 @@ class DuckDBStore(Store):
         limit: int,
         datasets: list[str] | None,
     ) -> list[Job]:
-        self._register()
+        try:
+            self._register()
+            unrecorded: list[Job] = []
+        except StoreUnavailable:  # the disk is full, say: the list still answers
+            unrecorded = [
+                job.model_copy(deep=True)
+                for job in self.inbox.pending()
+                if (dataset_id is None or job.dataset_id == dataset_id)
+                and (status is None or job.status is status)
+                and (datasets is None or job.dataset_id in datasets)
+            ]
         where, params = job_filter(
             dataset_id,
             status and status.value,
@@ -451,10 +661,16 @@ class DuckDBStore(Store):
             rows = cur.execute(
                 f"SELECT doc FROM _pb_jobs{where} ORDER BY seq DESC LIMIT ?", [*params, limit]
             ).fetchall()
-        return [Job.model_validate_json(r[0]) for r in rows]
+        jobs = [Job.model_validate_json(r[0]) for r in rows]
+        if unrecorded:
+            known = {job.id for job in jobs}
+            jobs = [*jobs, *(job for job in unrecorded if job.id not in known)]
+            jobs = sorted(jobs, key=lambda j: j.seq, reverse=True)[:limit]
+        return jobs
 
     def claim_jobs(self, busy_datasets: set[str], joins: GroupRule) -> list[Job]:
-        self._register()
+        with contextlib.suppress(InsufficientStorage):  # jobs recorded before still run
+            self._register()
         with self._jobs_lock, self._transaction() as cur:
             head = cur.execute(
                 "SELECT dataset_id FROM _pb_jobs WHERE status = 'queued'"
@@ -550,11 +766,24 @@ class DuckDBStore(Store):
         return job
 
     def requeue(self, jobs: list[Job]) -> None:
+        # Only jobs the catalog still has running: a write whose COMMIT raised may yet
+        # have been recorded (DuckDB failed after writing its log), and must not run twice.
+        with self._jobs_lock, self._transaction() as cur:
+            found = cur.execute(
+                "SELECT id, status FROM _pb_jobs WHERE list_contains(?, id)",
+                [[job.id for job in jobs]],
+            ).fetchall()
+            statuses = {job_id: JobStatus(status) for job_id, status in found}
+            waiting = [job for job in jobs if statuses.get(job.id) is JobStatus.running]
+            for job in waiting:
+                mark_queued(job)
+            if waiting:
+                self._save_jobs(cur, waiting)
         for job in jobs:
-            mark_queued(job)
             self._phases.pop(job.id, None)
-        with self._jobs_lock, self._cursor() as cur:
-            self._save_jobs(cur, jobs)
+            status = statuses.get(job.id)
+            if status is not None and status.finished and self.spool.payload_file(job.id):
+                self._ended(job)  # finished after all: its payload goes
 
     def recover(self) -> int:
         with self._jobs_lock, self._cursor() as cur:
@@ -614,14 +843,30 @@ class DuckDBStore(Store):
         try:
             with self._transaction() as cur:
                 self.memory.before_write(cur)
+                known = {c.name for c in dataset.columns}
                 new_columns = evolve(dataset, works)
                 if new_columns:
-                    self._update_dataset(cur, dataset, new_columns)
+                    saved = self._update_dataset(cur, dataset, new_columns, known)
+                    if saved is None:
+                        raise NotWritten(DATASET_DROPPED)
                 writer = DuckDBWriter(cur, dataset, works, optimistic and not new_columns)
                 jobs = settle(writer, works[0].job.method, self.settings.max_row_errors)
                 self._save_jobs(cur, jobs)
         except AtomicViolation as violation:
             return [self.fail_job(violation.job, ATOMIC_ERROR, violation.errors)]
+        except NotWritten as refused:
+            return [self.fail_job(work.job, refused.error) for work in works]
+        except (duckdb.TransactionException, duckdb.CatalogException) as exc:
+            if not self._exists(dataset.id):  # dropped under the write
+                return [self.fail_job(work.job, DATASET_DROPPED) for work in works]
+            if isinstance(exc, duckdb.TransactionException):
+                # A PATCH changed the table or its document meanwhile: nothing was written.
+                raise StoreUnavailable(
+                    "dataset_changed", "the dataset changed during the write; it runs again"
+                ) from exc
+            raise
+        if new_columns:
+            self._committed(saved)
         for job in jobs:
             self._ended(job)
         return jobs

@@ -1,4 +1,5 @@
-"""DuckDB's memory limit, kept above the key indexes it must hold (embedded store).
+"""DuckDB's memory limit, kept above the key indexes it must hold (embedded store), and
+which of DuckDB's errors may pass (memory, disk, a database to reopen).
 
 DuckDB holds every primary-key index (ART) in memory, counts it against its memory
 limit and cannot evict it: a dataset of 10M two-part string keys holds about 1 GB of
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import duckdb
 
-from pushbase.errors import StoreUnavailable
+from pushbase.errors import InsufficientStorage, StoreUnavailable
 from pushbase.settings import MIB
 
 log = logging.getLogger("pushbase.store")
@@ -99,6 +100,39 @@ class MemoryLimit:
     def _set(self, db: duckdb.DuckDBPyConnection, mb: int) -> None:
         db.execute(f"SET memory_limit = '{mb}MB'")
         self.current_mb = mb
+
+
+# DuckDB reports a full disk inside the message of an IOException, or of the
+# TransactionException of a COMMIT whose log could not be written.
+NO_ROOM_TEXT = ("no space left on device", "disk quota exceeded")
+
+
+def needs_reopening(exc: duckdb.Error) -> bool:
+    """Whether DuckDB invalidated its database: every statement fails from then on until
+    it is opened again (a checkpoint that failed for lack of memory or disk; an internal
+    error)."""
+    return isinstance(exc, (duckdb.FatalException, duckdb.InternalException)) or (
+        "database has been invalidated" in str(exc)
+    )
+
+
+def engine_failure(exc: duckdb.Error) -> StoreUnavailable | None:
+    """The store error to answer for DuckDB's `exc` when it may pass (memory, disk, I/O, a
+    fatal error after which the database is reopened); None for the others, which a retry
+    would meet again (a bug, a constraint)."""
+    text = str(exc).lower()
+    if any(part in text for part in NO_ROOM_TEXT):
+        return InsufficientStorage("the server's disk is full: the embedded store cannot write")
+    if needs_reopening(exc):
+        return StoreUnavailable(
+            "store_unavailable", "the embedded store failed and is reopening; try again", 5
+        )
+    if isinstance(exc, (duckdb.IOException, duckdb.ConnectionException)):
+        # A connection closed under a statement: the database was reopened meanwhile.
+        return StoreUnavailable(
+            "store_unavailable", "the embedded store could not read or write its file", 5
+        )
+    return out_of_memory(exc)
 
 
 def out_of_memory(exc: duckdb.Error) -> StoreUnavailable | None:

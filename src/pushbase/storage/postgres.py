@@ -19,7 +19,7 @@ import hashlib
 import io
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from pushbase.auth import ApiKey
 from pushbase.decode import RowError
 from pushbase.decode.coerce import ARROW_TYPES
-from pushbase.errors import PushbaseError, StoreUnavailable
+from pushbase.errors import InsufficientStorage, PushbaseError, StoreUnavailable, not_found
 from pushbase.jobs.model import (
     ATOMIC_ERROR,
     MAX_GROUP_JOBS,
@@ -50,7 +50,15 @@ from pushbase.jobs.model import (
 from pushbase.payload import Payload
 from pushbase.schema import Column, ColumnType, Dataset
 from pushbase.settings import Settings
-from pushbase.storage.base import GroupRule, RowQuery, Store, refuse_newer_schema
+from pushbase.storage.base import (
+    DATASET_DROPPED,
+    GroupRule,
+    NotWritten,
+    RowQuery,
+    Store,
+    merge_columns,
+    refuse_newer_schema,
+)
 from pushbase.storage.compression import StoredPayload, pack, unpack
 from pushbase.storage.copies import PayloadCopies
 from pushbase.storage.gauge import QueueGauge
@@ -77,6 +85,11 @@ SQL_TYPES = {
     ColumnType.json: "jsonb",
 }
 MAX_IDENTIFIER_BYTES = 63
+# A dataset's table is `ds_<id>` while that is this short (readable in psql), else
+# `ds__<n>` from a sequence: an older release hashed long names into exactly 63 bytes, so a
+# short name never meets one of those, and ids start with a letter or digit, so never `ds__`.
+READABLE_ID_CHARS = 50
+TABLE_NAME_TRIES = 10
 QUEUE_MAX_AGE_SECONDS = 0.25  # how stale the backpressure figure may get under load
 QUEUE_TRUST_SECONDS = 1.0  # older than this, it is measured again before use
 RECENT_DATASET_SECONDS = 1.0  # how stale a dataset the push path uses may be (recent.py)
@@ -90,7 +103,56 @@ def stored_type(column_type: ColumnType) -> str:
     return f'{sql} COLLATE "C"' if column_type is ColumnType.string else sql
 
 
-MIGRATIONS: list[list[str]] = [
+def column_name(name: str) -> str:
+    """A column's identifier in its table (unquoted): the name itself within PostgreSQL's
+    63 bytes; a longer one is cut and given a 128-bit hash after a control character.
+    Column names hold no control characters (schema.py), so such an identifier equals no
+    short name, and no other long one short of a SHA-256 collision."""
+    raw = name.encode()
+    if len(raw) <= MAX_IDENTIFIER_BYTES:
+        return name
+    return raw[:30].decode("utf-8", "ignore") + "\x1f" + hashlib.sha256(raw).hexdigest()[:32]
+
+
+def pg_ident(name: str) -> str:
+    """A column's quoted identifier: the one mapping from column names to SQL."""
+    return quote(column_name(name))
+
+
+def legacy_name(name: str) -> str:
+    """How releases before schema version 4 cut names past 63 bytes (tables `ds_<id>` and
+    columns alike): 32 bits of hash, after a character a user name may hold, could collide."""
+    raw = name.encode()
+    if len(raw) <= MAX_IDENTIFIER_BYTES:
+        return name
+    return raw[:54].decode("utf-8", "ignore") + "_" + hashlib.sha1(raw).hexdigest()[:8]
+
+
+def _adopt_tables(conn: psycopg.Connection) -> None:
+    """Schema version 4: the catalog names each dataset's table. Tables made before keep
+    the name their id gave them; their columns past 63 bytes take `column_name`'s form."""
+    for dataset_id, doc in conn.execute("SELECT id, doc FROM _pb_datasets").fetchall():
+        table = legacy_name(f"ds_{dataset_id}")
+        conn.execute("UPDATE _pb_datasets SET tbl = %s WHERE id = %s", [table, dataset_id])
+        present = {
+            r[0]
+            for r in conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+                " AND attnum > 0 AND NOT attisdropped",
+                [quote(table)],
+            ).fetchall()
+        }  # empty when the table is missing: nothing to rename
+        for column in orjson.loads(doc)["columns"]:
+            old, new = legacy_name(column["name"]), column_name(column["name"])
+            if old != new and old in present:
+                conn.execute(
+                    f"ALTER TABLE {quote(table)} RENAME COLUMN {quote(old)} TO {quote(new)}"
+                )
+
+
+Migration = list[str | Callable[[psycopg.Connection], None]]
+
+MIGRATIONS: list[Migration] = [
     [
         "CREATE TABLE _pb_datasets (id text PRIMARY KEY, doc text NOT NULL)",
         "CREATE TABLE _pb_keys (id text PRIMARY KEY, key_hash text NOT NULL UNIQUE,"
@@ -120,25 +182,43 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE _pb_payloads ADD COLUMN codec text",
         "ALTER TABLE _pb_payloads ALTER COLUMN data SET STORAGE EXTERNAL",
     ],
+    [
+        # A dataset's table name is the catalog's, never derived again from its id: a
+        # derived name could be another dataset's (issue 20, item 5).
+        "ALTER TABLE _pb_datasets ADD COLUMN tbl text UNIQUE",
+        "CREATE SEQUENCE _pb_table_seq",
+        _adopt_tables,
+        "ALTER TABLE _pb_datasets ALTER COLUMN tbl SET NOT NULL",
+    ],
 ]
-
-
-def pg_ident(name: str) -> str:
-    """A quoted identifier within PostgreSQL's 63 bytes; long names get a hash suffix."""
-    raw = name.encode()
-    if len(raw) <= MAX_IDENTIFIER_BYTES:
-        return quote(name)
-    digest = hashlib.sha1(raw).hexdigest()[:8]
-    return quote(raw[:54].decode("utf-8", "ignore") + "_" + digest)
-
-
-def pg_table(dataset_id: str) -> str:
-    return pg_ident(f"ds_{dataset_id}")
 
 
 def _param_safe(sql: str) -> str:
     """Identifiers may hold `%`; with parameters psycopg reads `%%` as a literal `%`."""
     return sql.replace("%", "%%")
+
+
+def _check_identifiers(columns: list[Column]) -> None:
+    """Two columns never share an identifier (only a SHA-256 collision could make them)."""
+    seen: dict[str, str] = {}
+    for column in columns:
+        other = seen.setdefault(column_name(column.name), column.name)
+        if other != column.name:
+            raise PushbaseError(
+                "duplicate_column",
+                f"column {column.name!r} clashes with {other!r} in storage",
+                400,
+                {"column": column.name},
+            )
+
+
+@contextlib.contextmanager
+def _gone_as_not_found(dataset_id: str) -> Iterator[None]:
+    """A read that meets the table dropped under it: the dataset is gone, 404."""
+    try:
+        yield
+    except psycopg.errors.UndefinedTable as exc:
+        raise not_found("dataset", dataset_id) from exc
 
 
 class PostgresStore(Store):
@@ -183,7 +263,10 @@ class PostgresStore(Store):
             refuse_newer_schema(current, len(MIGRATIONS))
             for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
                 for statement in statements:
-                    conn.execute(statement)
+                    if isinstance(statement, str):
+                        conn.execute(statement)
+                    else:
+                        statement(conn)
                 conn.execute("INSERT INTO _pb_version VALUES (%s)", [version])
         self.queue.refresh()
 
@@ -223,23 +306,66 @@ class PostgresStore(Store):
         return int.from_bytes(digest[:8], "big", signed=True)
 
     # datasets ---------------------------------------------------------
+    # Lock order, so that PATCH, drop and writes of one dataset never deadlock: the catalog
+    # row first (drop: DELETE; PATCH and a write that adds columns: FOR NO KEY UPDATE; other
+    # writes: FOR KEY SHARE, which a PATCH does not wait for), then the table.
     def create_dataset(self, dataset: Dataset) -> None:
+        _check_identifiers(dataset.columns)
         columns = ", ".join(self._column_ddl(c) for c in dataset.columns)
         if dataset.unique_key:
             columns += f", PRIMARY KEY ({', '.join(pg_ident(k) for k in dataset.unique_key)})"
         try:
             with self._conn() as conn, conn.transaction():
+                table = self._create_table(conn, dataset.id, columns)
                 conn.execute(
-                    "INSERT INTO _pb_datasets VALUES (%s, %s)",
-                    [dataset.id, dataset.model_dump_json(exclude={"row_count"})],
+                    "INSERT INTO _pb_datasets (id, doc, tbl) VALUES (%s, %s, %s)",
+                    [dataset.id, dataset.model_dump_json(exclude={"row_count"}), table],
                 )
-                conn.execute(f"DROP TABLE IF EXISTS {pg_table(dataset.id)}")
-                conn.execute(f"CREATE TABLE {pg_table(dataset.id)} ({columns})")
         except psycopg.errors.UniqueViolation as exc:
             raise PushbaseError(
                 "dataset_exists", f"dataset {dataset.id!r} already exists", 409
             ) from exc
         self.recent.changed(dataset.id)
+
+    @staticmethod
+    def _create_table(conn: psycopg.Connection, dataset_id: str, columns: str) -> str:
+        """Create the dataset's table under a name no relation has; never drop one: a
+        table this dataset's catalog row does not name belongs to something else."""
+        for attempt in range(TABLE_NAME_TRIES):
+            if attempt == 0 and len(dataset_id) <= READABLE_ID_CHARS:
+                table = f"ds_{dataset_id}"
+            else:
+                number = conn.execute("SELECT nextval('_pb_table_seq')").fetchone()[0]
+                table = f"ds__{number}"
+            try:
+                with conn.transaction():  # a savepoint: a taken name leaves the rest intact
+                    conn.execute(f"CREATE TABLE {quote(table)} ({columns})")
+                return table
+            except psycopg.errors.DuplicateTable:
+                continue  # a stray table (or an index) holds the name: take the next one
+        raise PushbaseError("internal_error", "no free table name for the dataset", 500)
+
+    @staticmethod
+    def _table(conn: psycopg.Connection, dataset_id: str, lock: str = "") -> str | None:
+        """The dataset's table (quoted) as the catalog names it; None once it is dropped."""
+        row = conn.execute(
+            f"SELECT tbl FROM _pb_datasets WHERE id = %s{lock}", [dataset_id]
+        ).fetchone()
+        return quote(row[0]) if row else None
+
+    def _lock_for_write(
+        self, conn: psycopg.Connection, dataset: Dataset, known: set[str], new: list[Column]
+    ) -> str:
+        """The table a write goes to, its catalog row locked until the write commits (a
+        drop waits for it), and the columns it adds saved. `known` is what it decoded by."""
+        if new:
+            updated = self._update_dataset(conn, dataset, new, known=known)
+            table = None if updated is None else updated[1]
+        else:
+            table = self._table(conn, dataset.id, " FOR KEY SHARE")
+        if table is None:
+            raise NotWritten(DATASET_DROPPED)
+        return table
 
     @staticmethod
     def _column_ddl(column: Column) -> str:
@@ -266,34 +392,67 @@ class PostgresStore(Store):
         return [Dataset.model_validate_json(r[0]) for r in rows]
 
     def update_dataset(self, dataset: Dataset, add_columns: list[Column]) -> None:
-        with self._conn() as conn, conn.transaction():
-            self._update_dataset(conn, dataset, add_columns)
-        self.recent.changed(dataset.id)
+        try:
+            with self._conn() as conn, conn.transaction():
+                updated = self._update_dataset(conn, dataset, add_columns)
+        finally:
+            self.recent.changed(dataset.id)
+        if updated is None:
+            raise not_found("dataset", dataset.id)  # dropped since it was read
+        dataset.columns = updated[0].columns  # with any column a concurrent change added
 
     def _update_dataset(
-        self, conn: psycopg.Connection, dataset: Dataset, add_columns: list[Column]
-    ) -> None:
+        self,
+        conn: psycopg.Connection,
+        dataset: Dataset,
+        add_columns: list[Column],
+        known: set[str] | None = None,
+    ) -> tuple[Dataset, str] | None:
+        """Add columns and save the document under the catalog row's lock: the document
+        saved and the table (quoted), or None when the dataset is gone. A PATCH also sets
+        name, description and policy; a write (`known`: see `merge_columns`) only adds."""
+        row = conn.execute(
+            "SELECT doc, tbl FROM _pb_datasets WHERE id = %s FOR NO KEY UPDATE", [dataset.id]
+        ).fetchone()
+        if row is None:
+            return None
+        stored = Dataset.model_validate_json(row[0])
+        columns = merge_columns(stored, add_columns, known)
+        _check_identifiers(columns)
         for column in add_columns:
             conn.execute(
-                f"ALTER TABLE {pg_table(dataset.id)} ADD COLUMN"
+                f"ALTER TABLE {quote(row[1])} ADD COLUMN"
                 f" {pg_ident(column.name)} {stored_type(column.type)}"
             )
+        saved = (stored if known is not None else dataset).model_copy(
+            update={"columns": columns, "updated_at": dataset.updated_at}
+        )
         conn.execute(
             "UPDATE _pb_datasets SET doc = %s WHERE id = %s",
-            [dataset.model_dump_json(exclude={"row_count"}), dataset.id],
+            [saved.model_dump_json(exclude={"row_count"}), dataset.id],
         )
+        return saved, quote(row[1])
 
     def drop_dataset(self, dataset_id: str) -> bool:
         with self._conn() as conn, conn.transaction():
-            found = conn.execute("DELETE FROM _pb_datasets WHERE id = %s", [dataset_id]).rowcount
-            if found:
-                conn.execute(f"DROP TABLE IF EXISTS {pg_table(dataset_id)}")
+            row = conn.execute(
+                "DELETE FROM _pb_datasets WHERE id = %s RETURNING tbl", [dataset_id]
+            ).fetchone()
+            if row:  # only the table the catalog names (IF EXISTS: one lost before is fine)
+                conn.execute(f"DROP TABLE IF EXISTS {quote(row[0])}")
         self.recent.changed(dataset_id)
-        return bool(found)
+        return row is not None
 
     def row_count(self, dataset_id: str) -> int:
+        """0 for a dataset dropped meanwhile: one dataset never fails a whole list."""
         with self._conn() as conn:
-            return conn.execute(f"SELECT count(*) FROM {pg_table(dataset_id)}").fetchone()[0]
+            table = self._table(conn, dataset_id)
+            if table is None:
+                return 0
+            try:
+                return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            except psycopg.errors.UndefinedTable:
+                return 0  # dropped between the two statements, or lost before this release
 
     # rows -------------------------------------------------------------
     def _select_list(self, dataset: Dataset) -> str:
@@ -318,8 +477,10 @@ class PostgresStore(Store):
         return pa.table(arrays)
 
     def read_rows(self, dataset: Dataset, query: RowQuery) -> tuple[pa.Table, int]:
+        # Every piece of SQL text that holds an identifier goes through `_param_safe`.
         clauses = [
-            f"{pg_ident(name)} IS NULL" if value is None else f"{pg_ident(name)} = %s"
+            _param_safe(f"{pg_ident(name)} IS NULL" if value is None else f"{pg_ident(name)} = ")
+            + ("" if value is None else "%s")
             for name, value in query.filters.items()
         ]
         params = [v for v in query.filters.values() if v is not None]
@@ -327,9 +488,11 @@ class PostgresStore(Store):
         order = ", ".join(
             f"{pg_ident(c)} {'DESC' if desc else 'ASC'}" for c, desc in query.order_by
         ) or self._default_order(dataset)
-        table = pg_table(dataset.id)
         select = self._select_list(dataset)
-        with self._conn() as conn:
+        with self._conn() as conn, _gone_as_not_found(dataset.id):
+            table = self._table(conn, dataset.id)
+            if table is None:
+                raise not_found("dataset", dataset.id)
             total = conn.execute(
                 _param_safe(f"SELECT count(*) FROM {table}") + where, params
             ).fetchone()[0]
@@ -341,14 +504,23 @@ class PostgresStore(Store):
         return self._to_arrow(dataset, rows), total
 
     def export_batches(self, dataset: Dataset) -> Iterator[pa.RecordBatch]:
-        sql = (
-            f"SELECT {self._select_list(dataset)} FROM {pg_table(dataset.id)}"
-            f" ORDER BY {self._default_order(dataset)}"
-        )
-        with self._conn() as conn, conn.transaction(), conn.cursor(name="export") as cur:
-            cur.execute(sql)
-            while rows := cur.fetchmany(50_000):
-                yield from self._to_arrow(dataset, rows).to_batches()
+        with self._conn() as conn, conn.transaction(), _gone_as_not_found(dataset.id):
+            table = self._table(conn, dataset.id, " FOR KEY SHARE")  # not dropped mid-export
+            if table is None:
+                raise not_found("dataset", dataset.id)
+            sql = (
+                f"SELECT {self._select_list(dataset)} FROM {table}"
+                f" ORDER BY {self._default_order(dataset)}"
+            )
+            with conn.cursor(name="export") as cur:
+                cur.execute(sql)
+                while rows := cur.fetchmany(50_000):
+                    yield from self._to_arrow(dataset, rows).to_batches()
+
+    def job_counts(self) -> dict[JobStatus, int]:
+        with self._conn() as conn:
+            rows = conn.execute("SELECT status, count(*) FROM _pb_jobs GROUP BY status").fetchall()
+        return {status: 0 for status in JobStatus} | {JobStatus(s): n for s, n in rows}
 
     # keys -------------------------------------------------------------
     def add_key(self, key: ApiKey) -> None:
@@ -684,15 +856,17 @@ class PostgresStore(Store):
     ) -> list[Job]:
         try:
             with conn.transaction():
+                known = {c.name for c in dataset.columns}
                 new_columns = evolve(dataset, works)
-                if new_columns:
-                    self._update_dataset(conn, dataset, new_columns)
-                writer = PostgresWriter(conn, dataset, works, optimistic and not new_columns)
+                table = self._lock_for_write(conn, dataset, known, new_columns)
+                writer = PostgresWriter(conn, dataset, works, table, optimistic and not new_columns)
                 jobs = settle(writer, works[0].job.method, self.settings.max_row_errors)
                 for job in jobs:
                     self._finish(conn, job)
         except AtomicViolation as violation:
             return [self.fail_job(violation.job, ATOMIC_ERROR, violation.errors)]
+        except NotWritten as refused:
+            return [self.fail_job(work.job, refused.error) for work in works]
         if new_columns:
             self.recent.changed(dataset.id)
         self.queue.removed(sum(job.bytes for job in jobs))
@@ -705,6 +879,8 @@ def _unavailable_when_down() -> Iterator[None]:
     503 to a request, and a job's write goes back to the queue."""
     try:
         yield
+    except psycopg.errors.DiskFull as exc:
+        raise InsufficientStorage("PostgreSQL's disk is full; retry later") from exc
     except (psycopg.OperationalError, PoolTimeout) as exc:
         raise StoreUnavailable("store_unavailable", f"PostgreSQL: {exc}".strip()) from exc
 
@@ -715,9 +891,10 @@ class PostgresWriter(SqlWriter):
         conn: psycopg.Connection,
         dataset: Dataset,
         works: list[Work],
+        table: str,
         optimistic: bool = False,
     ) -> None:
-        super().__init__(dataset, works, pg_table(dataset.id), optimistic)
+        super().__init__(dataset, works, table, optimistic)
         self.conn = conn
 
     def prepare(self, staged: pa.Table) -> pa.Table:

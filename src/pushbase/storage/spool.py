@@ -11,18 +11,27 @@ arrive; the store appends the document to that file and moves it here.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import struct
 from pathlib import Path
 
+from pushbase.errors import InsufficientStorage, storage_error
 from pushbase.jobs.model import Job
 from pushbase.payload import Payload
+
+log = logging.getLogger("pushbase.store")
 
 JOB_SUFFIX = ".job"
 _LEGACY_SUFFIX = ".payload"  # written by earlier versions next to a `.job` document
 _FOOTER = struct.Struct("<Q8s")  # document length, magic
 _MAGIC = b"PBJOB\x00v1"
+# Free space kept on the spool's disk: a twentieth of it, at most 256 MiB. Pushes are
+# refused (507) below it, so the jobs already accepted can still be written and free
+# their payloads; a full disk would leave them waiting until someone made room.
+RESERVE_SHARE = 20
+RESERVE_MAX_BYTES = 256 << 20
 
 
 def trailer(job: Job) -> bytes:
@@ -55,9 +64,28 @@ class Spool:
         return None
 
     def keep(self, job: Job, payload: Payload | None) -> None:
-        """Make the job and its payload durable in one file (blocking)."""
+        """Make the job and its payload durable in one file (blocking), or raise
+        `insufficient_storage` (507) and leave no file behind."""
         body = payload or Payload(self.new_incoming(), 0, None)  # delete-all: no body
-        body.save(self.path_for(job.id), trailer(job))
+        ending = trailer(job)
+        try:
+            self._make_room(len(ending) + sum(len(piece) for piece in body.tail))
+            body.save(self.path_for(job.id), ending)
+        except OSError as exc:
+            log.warning("job %s not accepted: %s", job.id, exc)
+            raise storage_error(exc, "the push") from exc
+
+    def _make_room(self, size: int) -> None:
+        """Refuse a push that would leave less than the reserve free: the store needs room
+        to apply the jobs already accepted, and applying them is what frees the disk."""
+        disk = os.statvfs(self.root)
+        free = disk.f_bavail * disk.f_frsize
+        reserve = min(RESERVE_MAX_BYTES, disk.f_blocks * disk.f_frsize // RESERVE_SHARE)
+        if free - size < reserve:
+            raise InsufficientStorage(
+                f"the server's disk is nearly full ({free // 1024} KiB free, {reserve // 1024}"
+                " KiB kept for applying accepted jobs): the push was not accepted; retry later"
+            )
 
     def read(self, job: Job) -> bytes:
         path = self.payload_file(job.id)

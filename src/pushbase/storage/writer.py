@@ -6,9 +6,11 @@ their job (`j`), their row in the job's payload (`r`) and one order over the gro
 (`o`), so "last write wins" and "first occurrence inserts" follow acceptance order
 exactly as if the jobs had run one after another.
 
-Staged columns have positional names (c0, p0, …) so that user column names reach
-SQL only as quoted identifiers of the dataset table. A backend supplies how to run
-statements, stage an Arrow table and take the last present value in a group.
+Staged columns have positional names (c0, p0, …), and so do the merged rows' (d0, …):
+user column names reach SQL only as quoted identifiers of the dataset table, and no
+user column can share a name with a helper column (`j`, `_first`, `_bad`, …). A
+backend supplies how to run statements, stage an Arrow table and take the last present
+value in a group.
 """
 
 from __future__ import annotations
@@ -24,9 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pushbase.decode import DecodedBatch, RowError
-from pushbase.decode.batch import ROW_COLUMN
 from pushbase.decode.coerce import ARROW_TYPES
-from pushbase.jobs.model import Job, JobStats, JobStatus
+from pushbase.jobs.model import Job, JobStats, JobStatus, RowErrorLimits, record_row_errors
 from pushbase.schema import Column, Dataset, WriteMethod
 
 JOB_SHIFT = 32  # o = j << 32 | r: one order over all rows of a group
@@ -108,7 +109,11 @@ class SqlWriter(ABC):
         self.execute(f"DROP TABLE IF EXISTS {self.stg}")
         self.execute(f"DROP TABLE IF EXISTS {self.mrg}")
 
-    def _write_merged(self, columns: str, any_existing: bool) -> None:
+    def _merged_names(self) -> dict[str, str]:
+        """Each dataset column's name in `self.mrg`: d0, d1, … in column order."""
+        return {c.name: f"d{i}" for i, c in enumerate(self.dataset.columns)}
+
+    def _write_merged(self, any_existing: bool) -> None:
         """Write `self.mrg` rows (NOT _bad) over the table, existing keys replaced.
 
         One `INSERT ... ON CONFLICT` per group: the merged rows already hold every final
@@ -121,8 +126,10 @@ class SqlWriter(ABC):
             if c.name not in self.dataset.unique_key
         )
         action = f"DO UPDATE SET {updates}" if updates and any_existing else "DO NOTHING"
+        columns = ", ".join(self.ident(c.name) for c in self.dataset.columns)
+        merged = ", ".join(self._merged_names().values())
         self.execute(
-            f"INSERT INTO {self.table} ({columns}) SELECT {columns} FROM {self.mrg}"
+            f"INSERT INTO {self.table} ({columns}) SELECT {merged} FROM {self.mrg}"
             f" WHERE NOT _bad ON CONFLICT ({keys}) {action}"
         )
 
@@ -186,9 +193,9 @@ class SqlWriter(ABC):
         pieces = []
         for j, work in enumerate(self.works):
             batch = work.batch
-            if batch is None or batch.table.num_rows == 0:
+            if batch is None or len(batch.rows) == 0:
                 continue
-            n = batch.table.num_rows
+            n = len(batch.rows)
             arrays, fields = [], []
             for position, name in enumerate(names):
                 given = name in batch.table.column_names
@@ -202,11 +209,11 @@ class SqlWriter(ABC):
                     mask = batch.present.get(name)
                     arrays.append(mask if mask is not None else pa.repeat(pa.scalar(given), n))
                     fields.append(f"p{position}")
-            rows = batch.table.column(ROW_COLUMN).combine_chunks()
+            rows = batch.rows
             arrays += [pa.repeat(pa.scalar(j, pa.int64()), n), rows, pc.add(rows, j << JOB_SHIFT)]
             fields += ["j", "r", "o"]
             pieces.append(pa.Table.from_arrays(arrays, names=fields))
-        if not pieces:
+        if not pieces or not names:
             return None
         self.positions = {name: p for p, name in enumerate(names)}
         self.masked = masked
@@ -309,22 +316,23 @@ class SqlWriter(ABC):
             fold = f"SELECT *, o AS _first FROM {self.stg}"
 
         selected = []
+        merged_as = self._merged_names()
         for column in self.dataset.columns:
-            name, ident = column.name, self.ident(column.name)
+            name, ident, d = column.name, self.ident(column.name), merged_as[column.name]
             p = self.positions.get(name)
             null = f"CAST(NULL AS {self.sql_type(column)})"
             stored = f"t.{ident}" if against_stored else null
             if p is None:
-                selected.append(f"{stored} AS {ident}")
+                selected.append(f"{stored} AS {d}")
             elif name in keys or name not in self.masked:
-                selected.append(f"m.c{p} AS {ident}")
+                selected.append(f"m.c{p} AS {d}")
             else:
-                selected.append(f"CASE WHEN m.p{p} THEN m.c{p} ELSE {stored} END AS {ident}")
+                selected.append(f"CASE WHEN m.p{p} THEN m.c{p} ELSE {stored} END AS {d}")
         first_key = self.ident(self.dataset.unique_key[0])
         existed = f"t.{first_key} IS NOT NULL" if against_stored else "false"
         join = f"LEFT JOIN {self.table} t ON {self._join('t', 'm')}" if against_stored else ""
         required = [c for c in self.dataset.columns if not c.nullable and c.name not in keys]
-        missing = " OR ".join(f"{self.ident(c.name)} IS NULL" for c in required) or "false"
+        missing = " OR ".join(f"{merged_as[c.name]} IS NULL" for c in required) or "false"
         merged = (
             f"SELECT {', '.join(selected)}, {existed} AS _existed, m._first FROM ({fold}) m {join}"
         )
@@ -335,7 +343,7 @@ class SqlWriter(ABC):
         # Each staged row with the outcome of its key (joined back only if rows were folded).
         if repeated:
             back = " AND ".join(
-                f"s.c{self.positions[k]} = b.{self.ident(k)}" for k in self.dataset.unique_key
+                f"s.c{self.positions[k]} = b.{merged_as[k]}" for k in self.dataset.unique_key
             )
             per_row = (
                 f"SELECT s.j, s.r, s.o, b._existed, b._first, b._bad"
@@ -358,8 +366,7 @@ class SqlWriter(ABC):
         ):
             self.stats[j].inserted, self.stats[j].updated = int(inserted), int(updated)
         ((existing,),) = self.fetch(f"SELECT count(*) FROM {self.mrg} WHERE _existed")
-        columns = ", ".join(self.ident(c.name) for c in self.dataset.columns)
-        self._write_merged(columns, bool(existing))
+        self._write_merged(bool(existing))
 
     def _delete(self) -> None:
         """A key's first row in the group deletes the stored row; later ones find nothing."""
@@ -390,8 +397,15 @@ def apply_optimistically(works: list[Work], apply: Callable[[bool], list[Job]]) 
     return apply(False)
 
 
-def settle(writer: SqlWriter, method: WriteMethod, max_errors: int) -> list[Job]:
-    """Run the write and record each job's outcome on it; AtomicViolation rolls back."""
+def settle(writer: SqlWriter, method: WriteMethod, limits: int | Any) -> list[Job]:
+    """Run the write and record each job's outcome on it; AtomicViolation rolls back.
+
+    `limits`: the store's Settings (or a RowErrorLimits): how many row errors a job
+    keeps, how long their text, how large its document (`record_row_errors`). A bare
+    int is the old `max_row_errors` alone, the other limits at their defaults.
+    """
+    if isinstance(limits, int):
+        limits = RowErrorLimits(max_row_errors=limits)
     outcomes = writer.run(method)
     finished = datetime.now(UTC)  # the rows are written: only the commit is left
     jobs = []
@@ -402,15 +416,13 @@ def settle(writer: SqlWriter, method: WriteMethod, max_errors: int) -> list[Job]
         )
         if job.atomic and errors:
             raise AtomicViolation(job, errors)
-        stats.failed = len({e.row for e in errors})
         if batch is not None:
             stats.received = batch.received
             stats.ignored_fields = batch.ignored_fields
         job.status, job.phase, job.progress = JobStatus.succeeded, None, 100
         job.finished_at = finished
         job.stats = stats
-        job.errors = [e.to_dict() for e in errors[:max_errors]]
-        job.errors_total = len(errors)
+        record_row_errors(job, errors, limits)  # also sets stats.failed and errors_total
         jobs.append(job)
     return jobs
 
