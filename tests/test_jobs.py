@@ -32,9 +32,9 @@ def test_the_job_document_has_every_field(client):
     assert set(job) == {
         "id", "dataset_id", "method", "status", "phase", "progress", "created_at", "started_at",
         "finished_at", "duration_ms", "bytes", "source", "idempotency_key", "stats", "errors",
-        "errors_total", "error",
+        "errors_total", "error", "outcome",
     }  # fmt: skip
-    assert job["dataset_id"] == "t" and job["method"] == "upsert"
+    assert job["dataset_id"] == "t" and job["method"] == "upsert" and job["outcome"] == "complete"
     assert job["status"] == "succeeded" and job["progress"] == 100 and job["phase"] is None
     assert job["source"] == "v1" and job["idempotency_key"] == "k1"
     assert job["bytes"] == len(b'[{"id":1,"v":"a"}]')

@@ -12,7 +12,7 @@ import anyio
 from fastapi import Request
 
 from pushbase.decode.formats import Inflater, format_for, invalid_payload, is_gzip
-from pushbase.errors import PushbaseError
+from pushbase.errors import PushbaseError, storage_error
 from pushbase.payload import Payload
 from pushbase.settings import Settings
 
@@ -54,7 +54,10 @@ async def receive_body(request: Request, settings: Settings, target: Path) -> Pa
             held.append(chunk)
             held_bytes += len(chunk)
             if held_bytes >= SPILL_BYTES:
-                await anyio.to_thread.run_sync(_append, target, held)
+                try:
+                    await anyio.to_thread.run_sync(_append, target, held)
+                except OSError as exc:  # a full disk: 507 before anything is acknowledged
+                    raise storage_error(exc, "the push") from exc
                 held, held_bytes = [], 0
         if size == 0:
             raise invalid_payload("the body is empty")
