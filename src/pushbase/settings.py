@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     max_job_document_bytes: int = Field(
         256 * 1024,
         ge=16 * 1024,
-        description="a job document's JSON size at most; row errors beyond it are counted, not kept",
+        description="a job document's JSON size at most; row errors past it are counted, not kept",
     )
     max_new_columns_per_push: int = Field(
         100,

@@ -97,7 +97,9 @@ def patch_dataset(
                 f"added column {column.name!r} must be nullable: stored rows have no value for it",
                 400,
             )
-    check_columns([*dataset.columns, *body.add_columns], dataset.unique_key)
+    check_columns(
+        [*dataset.columns, *body.add_columns], dataset.unique_key, stored=len(dataset.columns)
+    )
     if body.name is not None:
         dataset.name = body.name
     if body.description is not None:

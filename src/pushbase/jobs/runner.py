@@ -62,7 +62,7 @@ class JobRunner:
         self._attempts: dict[str, int] = {}  # unexplained failures per job, in this process
         self._alone: set[str] = set()  # jobs to run one at a time after such a failure
         self._claims_failing = False
-        self._decoder = Decoder(settings.decode_processes, settings.max_inflated_bytes)
+        self._decoder = Decoder.from_settings(settings)
         self._ahead = DecodeAhead(store, self._decode, settings.group_max_bytes, MAX_GROUP_JOBS)
 
     # life cycle -------------------------------------------------------
@@ -226,8 +226,9 @@ class JobRunner:
                     batch = self._ahead.take(job, dataset) or self._decode(job, dataset)
                 except StoreUnavailable:
                     raise  # reading the payload failed, not the payload
-                except PushbaseError as exc:
-                    done.append(self._fail(job, "invalid_payload", exc.message))
+                except PushbaseError as exc:  # the payload's fault: invalid or too large
+                    code = exc.code if exc.code == "payload_too_large" else "invalid_payload"
+                    done.append(self._fail(job, code, exc.message))
                     continue
                 if job.atomic and batch.errors:
                     done.append(self.store.fail_job(job, ATOMIC_ERROR, batch.errors))

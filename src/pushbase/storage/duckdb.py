@@ -26,6 +26,7 @@ from pushbase.jobs.model import (
     JobStatus,
     mark_queued,
     mark_running,
+    record_row_errors,
     take_group,
 )
 from pushbase.payload import Payload
@@ -90,9 +91,6 @@ REGISTER_COALESCE_SECONDS = 0.05
 REOPEN_PAUSE_SECONDS = 1.0  # between tries to reopen a failed database
 CHECKPOINT_PAUSE_SECONDS = (30.0, 900.0)  # after a failed idle checkpoint: first, longest
 
-# Dataset changes are rare and short: one lock for the process orders them with `_datasets`.
-_CATALOG_LOCK = threading.RLock()
-
 
 def _busy(dataset_id: str) -> PushbaseError:
     return PushbaseError(
@@ -131,6 +129,8 @@ class DuckDBStore(Store):
         self._register_lock = threading.Lock()
         self._accept_lock = threading.Lock()  # numbers jobs in acceptance order
         self._datasets: dict[str, Dataset] = {}
+        # Dataset changes are rare and short: one lock orders them with `_datasets`.
+        self._catalog_lock = threading.RLock()
         self._keys: dict[str, ApiKey] = {}  # by hash
         self._phases: dict[str, tuple[JobPhase, int]] = {}  # running jobs' progress
         self._seq = 0
@@ -342,7 +342,7 @@ class DuckDBStore(Store):
             cur.execute("COMMIT")
 
     # datasets ---------------------------------------------------------
-    # A change to a dataset updates the file, then `_datasets`; `_CATALOG_LOCK` makes the
+    # A change to a dataset updates the file, then `_datasets`; `_catalog_lock` makes the
     # two one step for create, PATCH and drop, so concurrent changes (a PATCH racing a drop)
     # leave memory as the file is. A write that adds columns reloads the document after
     # its commit, under the same lock. DuckDB refuses conflicting transactions rather than
@@ -352,7 +352,7 @@ class DuckDBStore(Store):
         columns = ", ".join(column_ddl(c, c.name in dataset.unique_key) for c in dataset.columns)
         if dataset.unique_key:
             columns += f", PRIMARY KEY ({', '.join(quote(k) for k in dataset.unique_key)})"
-        with _CATALOG_LOCK:
+        with self._catalog_lock:
             try:
                 with self._transaction() as cur:
                     if cur.execute(
@@ -388,7 +388,7 @@ class DuckDBStore(Store):
         return [datasets[i].model_copy(deep=True) for i in sorted(datasets)]
 
     def update_dataset(self, dataset: Dataset, add_columns: list[Column]) -> None:
-        with _CATALOG_LOCK:
+        with self._catalog_lock:
             try:
                 with self._transaction() as cur:
                     saved = self._update_dataset(cur, dataset, add_columns)
@@ -430,7 +430,7 @@ class DuckDBStore(Store):
         return saved
 
     def drop_dataset(self, dataset_id: str) -> bool:
-        with _CATALOG_LOCK:
+        with self._catalog_lock:
             try:
                 with self._transaction() as cur:
                     found = cur.execute(
@@ -480,7 +480,7 @@ class DuckDBStore(Store):
         """After a write that added columns committed `saved`: memory takes the document
         the file now has (a PATCH may have saved a later one), or `saved` if it cannot be
         read (a stale copy would make every later push add the same columns again)."""
-        with _CATALOG_LOCK:
+        with self._catalog_lock:
             try:
                 with self._cursor() as cur:
                     row = cur.execute(
@@ -493,7 +493,7 @@ class DuckDBStore(Store):
 
     def _exists(self, dataset_id: str) -> bool:
         """Whether the dataset exists once a change in progress (a drop) is done."""
-        with _CATALOG_LOCK:
+        with self._catalog_lock:
             return dataset_id in self._datasets
 
     @staticmethod
@@ -757,9 +757,7 @@ class DuckDBStore(Store):
         job.status, job.phase, job.error = JobStatus.failed, None, error
         job.finished_at = datetime.now(UTC)
         if errors:
-            job.errors = [e.to_dict() for e in errors[: self.settings.max_row_errors]]
-            job.errors_total = len(errors)
-            job.stats.failed = len({e.row for e in errors})
+            record_row_errors(job, errors, self.settings)
         with self._cursor() as cur:
             self._save_job(cur, job)
         self._ended(job)
@@ -850,7 +848,7 @@ class DuckDBStore(Store):
                     if saved is None:
                         raise NotWritten(DATASET_DROPPED)
                 writer = DuckDBWriter(cur, dataset, works, optimistic and not new_columns)
-                jobs = settle(writer, works[0].job.method, self.settings.max_row_errors)
+                jobs = settle(writer, works[0].job.method, self.settings)
                 self._save_jobs(cur, jobs)
         except AtomicViolation as violation:
             return [self.fail_job(violation.job, ATOMIC_ERROR, violation.errors)]

@@ -45,6 +45,7 @@ from pushbase.jobs.model import (
     idempotency_conflict,
     mark_queued,
     mark_running,
+    record_row_errors,
     take_group,
 )
 from pushbase.payload import Payload
@@ -787,9 +788,7 @@ class PostgresStore(Store):
         job.status, job.phase, job.error = JobStatus.failed, None, error
         job.finished_at = datetime.now(UTC)
         if errors:
-            job.errors = [e.to_dict() for e in errors[: self.settings.max_row_errors]]
-            job.errors_total = len(errors)
-            job.stats.failed = len({e.row for e in errors})
+            record_row_errors(job, errors, self.settings)
         with self._conn() as conn, conn.transaction():
             self._finish(conn, job)
         self.queue.removed(job.bytes)
@@ -797,12 +796,17 @@ class PostgresStore(Store):
 
     def requeue(self, jobs: list[Job]) -> None:
         # Shown as queued again; a claim also takes jobs left `running` once their
-        # dataset lock is free, so this is for readers, not for correctness.
+        # dataset lock is free, so this is for readers, not for correctness. Only jobs
+        # still running: after a COMMIT whose answer was lost, a job may have ended.
         for job in jobs:
             mark_queued(job)
         with self._conn() as conn, conn.transaction():
             for job in jobs:
-                self._save_job(conn, job)
+                conn.execute(
+                    "UPDATE _pb_jobs SET status = %s, doc = %s WHERE id = %s"
+                    " AND status = 'running'",
+                    [job.status.value, job.model_dump_json(), job.id],
+                )
 
     def recover(self) -> int:
         return 0  # a dead worker's job is retried as soon as its dataset lock is free
@@ -860,7 +864,7 @@ class PostgresStore(Store):
                 new_columns = evolve(dataset, works)
                 table = self._lock_for_write(conn, dataset, known, new_columns)
                 writer = PostgresWriter(conn, dataset, works, table, optimistic and not new_columns)
-                jobs = settle(writer, works[0].job.method, self.settings.max_row_errors)
+                jobs = settle(writer, works[0].job.method, self.settings)
                 for job in jobs:
                     self._finish(conn, job)
         except AtomicViolation as violation:
