@@ -12,6 +12,7 @@ from pushbase.decode import DecodeOptions, PayloadFormat, decode_payload
 from pushbase.decode.batch import DecodeLimits
 from pushbase.decode.formats import parse_csv, parse_ndjson, sniff_delimiter, split_header
 from pushbase.decode.rowerrors import RowError, cut, json_safe, safe_error_dict, shown
+from pushbase.errors import PushbaseError
 from pushbase.jobs.decoding import Decoder, decode_job
 from pushbase.jobs.model import Job, JobStatus, RowErrorLimits, record_row_errors
 from pushbase.schema import Column, Dataset, UnknownFields, WriteMethod
@@ -165,6 +166,23 @@ def test_parse_csv_numbers_malformed_records_across_blocks_and_quoted_newlines()
     assert [row for row, _, _ in malformed] == bad
     assert table.num_rows == 60_000 - len(bad)
     assert all(text == str(row) for row, _, text in malformed)
+
+
+@pytest.mark.parametrize("ragged", [b"7", b"\x80"], ids=["ragged-text", "ragged-invalid-utf8"])
+def test_parse_csv_takes_a_record_of_invalid_utf8_out_alone(ragged: bytes):
+    body = b"a,b\n1,2\n%s\n4,\xffz\n5,\xe2\x82\xac\n" % ragged
+    table, malformed = parse_csv(body)
+    assert table.to_pylist() == [{"a": "1", "b": "2"}, {"a": "5", "b": "\u20ac"}]
+    assert [(row, message) for row, message, _ in malformed] == [
+        (1, "record has 1 fields, the header 2"),
+        (2, "record is not valid UTF-8 text"),
+    ]
+    assert malformed[1][2] == "4,\ufffdz"
+
+
+def test_a_body_with_its_own_replacement_character_and_invalid_utf8_cannot_be_read():
+    with pytest.raises(PushbaseError):
+        parse_csv(b"a,b\n\xef\xbf\xbd,1\n\x80\n")
 
 
 def test_a_header_field_past_pythons_csv_limit():

@@ -106,16 +106,18 @@ def test_a_full_disk_refuses_pushes_and_loses_no_acknowledged_job(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="pushbase")
     data_dir = small_disk / "data"
-    with make_client({"data_dir": data_dir}, duckdb_idle_checkpoint_mb=0) as server:
+    # Acknowledged while the spool has room (~10 KB each) and no worker writes...
+    with make_client({"data_dir": data_dir}, workers=0) as server:
         create_dataset(server, "d", COLUMNS, unique_key=["id"])
-        # Acknowledged while the spool has room (~10 KB each), then each write needs
-        # ~2 MB of log on a disk with ~1 MB above the reserve: every write meets ENOSPC.
-        filler = fill(small_disk, leave=2 << 20)
         job_ids = []
         for number in range(6):
             response = push_gzip(server, rows_body(number * ROWS_PER_JOB))
             assert response.status_code == 202, response.text
             job_ids.append(response.json()["job_id"])
+    # ... then each write needs ~2 MB of log on a disk with ~1 MB above the reserve: every
+    # write meets ENOSPC once workers run.
+    filler = fill(small_disk, leave=2 << 20)
+    with make_client({"data_dir": data_dir}, duckdb_idle_checkpoint_mb=0) as server:
         # The workers try, meet the full disk, requeue, pause and try again.
         deadline = time.monotonic() + 20
         while not any(

@@ -133,7 +133,6 @@ def test_a_ragged_csv_record_fails_alone(client):
         (b'{"data": 5}', "application/json"),
         (b"42", "application/json"),
         (b"\xff\xfe[]", "application/json"),
-        (b"a\n\xff\n", "text/csv"),
     ],
 )
 def test_undecodable_payloads_fail_the_job_with_invalid_payload(client, body, content_type):

@@ -81,6 +81,21 @@ def test_ragged_csv_records_fail_alone_and_indices_count_records_not_lines(clien
     ]
 
 
+def test_a_csv_record_of_invalid_utf8_fails_alone(client):
+    keyed(client)
+    body = b"id,s\n1,a\n2\n3,\xff\xfe\n4,\xe2\x82\xac\n5\x80\n6,f\n"
+    job = push(client, "t", body, "insert", content_type=CSV)
+    assert job["status"] == "succeeded" and job["outcome"] == "partial"
+    assert job["stats"]["received"] == 6 and job["stats"]["inserted"] == 3
+    assert codes(job) == [(1, "malformed_row"), (2, "malformed_row"), (4, "malformed_row")]
+    assert job["errors"][1]["value"] == "3,\ufffd\ufffd"
+    assert rows_of(client, "t", order_by="id") == [
+        {"id": 1, "s": "a"},
+        {"id": 4, "s": "\u20ac"},
+        {"id": 6, "s": "f"},
+    ]
+
+
 def test_a_csv_malformed_record_under_upsert_keeps_the_stored_rows(client):
     keyed(client)
     push(client, "t", [{"id": 1, "s": "kept"}])

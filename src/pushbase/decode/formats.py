@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from pushbase.errors import PushbaseError
@@ -222,7 +223,25 @@ def parse_csv(
 ) -> tuple[pa.Table, list[tuple[int, str, str]]]:
     """A CSV with a header row → an Arrow table of strings (empty unquoted cell = null) of
     its well-formed records, and (record index, message, raw text) of each record with
-    the wrong number of fields, in order."""
+    the wrong number of fields or invalid UTF-8 text, in order."""
+    try:
+        return _parse_csv(data, delimiter, replaced=False)
+    except PushbaseError:
+        # pyarrow decodes a ragged record's text before its handler sees it, and fails the
+        # body if it is not UTF-8: read the body again with U+FFFD for each invalid byte,
+        # and let that character mark the records that held one (only where the body had
+        # none of its own, else it cannot tell; never in the header).
+        if _is_utf8(data) or _REPLACEMENT in data or not _is_utf8(data.split(b"\n", 1)[0]):
+            raise
+        return _parse_csv(data.decode("utf-8", "replace").encode(), delimiter, replaced=True)
+
+
+_REPLACEMENT = "\ufffd".encode()
+
+
+def _parse_csv(
+    data: bytes, delimiter: str | None, replaced: bool
+) -> tuple[pa.Table, list[tuple[int, str, str]]]:
     if data.startswith(_BOM):
         data = data[len(_BOM) :]
     first_line_end = data.find(b"\n")
@@ -265,13 +284,70 @@ def parse_csv(
                 delimiter=delimiter, newlines_in_values=True, invalid_row_handler=skip
             ),
             convert_options=pacsv.ConvertOptions(
-                column_types={name: pa.string() for name in names},
+                # Bytes first, text below: invalid UTF-8 then costs its record, not the body.
+                column_types={name: pa.binary() for name in names},
                 strings_can_be_null=True,
                 quoted_strings_can_be_null=False,
                 null_values=[""],
-                check_utf8=True,
             ),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise invalid_payload(f"CSV cannot be read: {exc}") from exc
-    return table, malformed
+    return _as_text(table, malformed, delimiter, replaced), malformed
+
+
+def _as_text(
+    table: pa.Table, malformed: list[tuple[int, str, str]], delimiter: str, replaced: bool
+) -> pa.Table:
+    """The records' fields as UTF-8 text (one validating cast per column). A record with
+    invalid UTF-8 in a field (or, when `replaced`, U+FFFD standing for it) leaves the
+    table and joins `malformed`, kept in order."""
+    text = pa.schema([(name, pa.string()) for name in table.column_names])
+    bad: set[int] = set()
+    if replaced:
+        table = table.cast(text)
+        for column in table.columns:
+            marked = pc.fill_null(pc.match_substring(column, "\ufffd"), False)
+            bad.update(pc.indices_nonzero(marked).to_pylist())
+    else:
+        try:
+            return table.cast(text)
+        except pa.ArrowInvalid:
+            pass
+        for column in table.columns:  # only a body with invalid text comes here
+            for row, value in enumerate(column.to_pylist()):
+                if value is not None and not _is_utf8(value):
+                    bad.add(row)
+    if not bad:
+        return table
+    skipped = sorted(row for row, _, _ in malformed)
+    for row in sorted(bad):
+        cells = [_raw(c[row].as_py()) for c in table.columns]
+        raw = delimiter.encode().join(cells)[:MALFORMED_TEXT_BYTES].decode("utf-8", "replace")
+        malformed.append((_record_index(row, skipped), "record is not valid UTF-8 text", raw))
+    malformed.sort()
+    keep = pa.array([row not in bad for row in range(table.num_rows)], pa.bool_())
+    return table.filter(keep).cast(text)
+
+
+def _raw(cell: bytes | str | None) -> bytes:
+    if cell is None:
+        return b""
+    return cell.encode() if isinstance(cell, str) else cell
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _record_index(row: int, skipped: list[int]) -> int:
+    """The payload index of the table's `row`, records at `skipped` indices being absent."""
+    index = row
+    for gap in skipped:  # ascending: each record skipped at or before moves it one on
+        if gap <= index:
+            index += 1
+    return index
