@@ -23,8 +23,11 @@ $(VENV)/.installed-dev: $(BIN)/python pyproject.toml
 run: $(VENV)/.installed
 	$(BIN)/pushbase serve --host $(HOST) --port $(PORT)
 
+# Two processes, a test file each at a time (module-scoped servers stay with their file):
+# the suite waits on servers, PostgreSQL and subprocesses more than it computes.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 test: $(VENV)/.installed-dev chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The console tests drive Debian's headless Chromium (never a browser download).
 CHROMIUM ?= /usr/bin/chromium

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from schemathesis import checks
 
 from conftest import ADMIN_KEY, make_client
@@ -85,17 +85,26 @@ def _httpx_kwargs(case: Any) -> dict[str, Any]:
     return kwargs
 
 
-@schema.parametrize()
-@settings(
-    max_examples=EXAMPLES_PER_OPERATION,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
-def test_every_operation_honours_its_documented_contract(case: Any, api: TestClient) -> None:
-    response = api.request(**_httpx_kwargs(case))
-    case.validate_response(response, checks=CHECKS)
+# One test per operation, named by it (`schema.parametrize()` gives every item the same
+# node id, which pytest-xdist folds into one: a parallel run would check one operation).
+OPERATIONS = [result.ok() for result in schema.get_all_operations()]
+
+
+@pytest.mark.parametrize("operation", OPERATIONS, ids=[o.label for o in OPERATIONS])
+def test_every_operation_honours_its_documented_contract(operation: Any, api: TestClient) -> None:
+    @given(case=operation.as_strategy())
+    @settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    def honours(case: Any) -> None:
+        response = api.request(**_httpx_kwargs(case))
+        case.validate_response(response, checks=CHECKS)
+
+    honours()
 
 
 def test_wrong_method_is_405_with_allow_header(api: TestClient) -> None:
