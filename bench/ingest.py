@@ -7,19 +7,28 @@ unique key (`tenant`, `user_id`)), then runs three phases:
 
 1. insert N new rows;
 2. upsert N rows of which half have existing keys and half are new;
-3. delete 10 % of the stored keys by key (`method=delete`, ~1 MB key-only bodies).
+3. delete 10 % of the stored keys by key (`method=delete`, ~1 MB key-only bodies);
+4. spread upsert: N/5 rows, half with keys drawn at random from the whole dataset, half
+   new keys that fall all over its key order, shuffled;
+5. spread delete: N/5 keys drawn at random from the whole dataset.
 
-With `--preload M` the dataset first gets M rows whose keys no phase uses (untimed), so
-the phases write into a table of M + N rows: `make bench-large` gives DESIGN §7's
-figures on a 10M-row dataset.
+Phases 2 and 3 touch contiguous keys, which a key index handles well; 4 and 5 are what a
+nightly sync or a CDC feed does (DESIGN §7, "Spread keys"). The same spread upsert and
+delete are also written straight into DuckDB without an index, on a table of the same
+rows (baseline.py's reference), and every spread figure gets its ratio to that limit.
+
+With `--preload M` the dataset first gets M rows whose keys no contiguous phase uses
+(untimed; the spread phases draw from them like from every stored row), so the phases
+write into a table of M + N rows: `make bench-large` gives DESIGN §7's figures on a
+10M-row dataset, at the server's default settings.
 
 Each phase pushes batches encoded before the clock starts, from `--clients` concurrent
 HTTP clients, then polls the jobs until all are finished. Measured: rows/s end to end
 (first request sent -> last job finished), the wall time of every push until its 202,
-and the server's peak RSS. A DuckDB baseline (`read_json` of the insert rows into a keyed
-table, in this process) is measured in the same run. With `--repeat N` every backend runs
-N times on fresh servers and the report gives medians. The report ends with a Markdown
-table of every target, PASS/FAIL, for bench/README.md.
+the server's peak RSS, and the size of its data on disk. A DuckDB baseline (`read_json`
+of the insert rows into a keyed table, in this process) is measured in the same run. With
+`--repeat N` every backend runs N times on fresh servers and the report gives medians.
+The report ends with a Markdown table of every target, PASS/FAIL, for bench/README.md.
 
     .venv/bin/python bench/ingest.py --quick          # 50k rows, about a minute
     .venv/bin/python bench/ingest.py --repeat 3       # 1M rows, medians of 3
@@ -55,11 +64,18 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(BENCH))
 
-from baseline import run_baseline  # noqa: E402
+from baseline import (  # noqa: E402
+    ReferenceResult,
+    build_reference_table,
+    run_baseline,
+    run_reference,
+)
+from datasize import duckdb_files_bytes, postgres_table_bytes  # noqa: E402
 from pgactivity import activity  # noqa: E402
 from probe import PROBE_DATASET, LatencyProbe  # noqa: E402
 from pushclient import PushConnection  # noqa: E402
 from report import (  # noqa: E402
+    PEAK_RSS_MB,
     BackendRun,
     PhaseResult,
     details_table,
@@ -70,23 +86,35 @@ from report import (  # noqa: E402
     summary_rows,
 )
 from serverproc import TERMINAL, ServerProcess, wait_job  # noqa: E402
+from spreadrows import (  # noqa: E402
+    LARGE_ROWS,
+    LARGE_RSS_MB,
+    disk_and_scale_rows,
+    last_run_figures,
+    spread_rows,
+)
 from workload import (  # noqa: E402
     COLUMNS,
+    PRELOAD_FIRST_KEY,
+    SPREAD_SEED,
     UNIQUE_KEY,
     Batch,
+    SpreadPlan,
+    StoredKeys,
     delete_keys,
     encode_batches,
     encode_key_batches,
     insert_keys,
     key_record,
     make_row,
+    spread_keys,
     upsert_keys,
     write_ndjson,
 )
 
 PG_URL = os.environ.get("PUSHBASE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 QUICK_ROWS = 50_000
-PRELOAD_FIRST_KEY = 1_000_000_000  # preloaded keys are apart from every phase's keys
+SPREAD_SHARE = 5  # each spread phase has --rows / 5 records: 200,000 for 1M (issue 21)
 PRELOAD_BATCH_ROWS = 10_000  # about 4.5 MB of JSON per preload push
 
 
@@ -101,6 +129,11 @@ class Workload:
     insert: list[Batch]
     upsert: list[Batch]
     delete: list[Batch]
+    # the dataset's keys when the spread phases start (preload included), and their draws
+    stored: StoredKeys
+    spread: SpreadPlan | None = None
+    spread_upsert: list[Batch] | None = None
+    spread_delete: list[Batch] | None = None
 
     @property
     def after_upsert(self) -> int:
@@ -111,7 +144,9 @@ class Workload:
         return self.after_upsert - len(self.deleted)
 
 
-def prepare_workload(n: int, batch_bytes: int) -> Workload:
+def prepare_workload(
+    n: int, batch_bytes: int, preload: int = 0, delete: bool = True, spread: bool = True
+) -> Workload:
     t0 = time.perf_counter()
     upsert, new = upsert_keys(n)
     deleted = delete_keys(n + new)
@@ -122,8 +157,17 @@ def prepare_workload(n: int, batch_bytes: int) -> Workload:
         insert=encode_batches(insert_keys(n), 1, batch_bytes),
         upsert=encode_batches(upsert, 2, batch_bytes),
         delete=encode_key_batches(deleted, batch_bytes),
+        stored=StoredKeys(preload, n + new, every_10th_deleted=delete),
     )
-    for name in ("insert", "upsert", "delete"):
+    names = ["insert", "upsert", "delete"]
+    if spread:
+        size = max(2, n // SPREAD_SHARE)
+        plan = spread_keys(workload.stored, size, size if delete else 0)
+        workload.spread = plan
+        workload.spread_upsert = encode_batches(plan.upsert, 3, batch_bytes)
+        workload.spread_delete = encode_key_batches(plan.delete, batch_bytes)
+        names += ["spread_upsert", "spread_delete"] if delete else ["spread_upsert"]
+    for name in names:
         batches = getattr(workload, name)
         size = sum(len(body) for body, _ in batches)
         records = sum(count for _, count in batches)
@@ -309,14 +353,22 @@ def preload(url: str, api_key: str, dataset: str, rows: int, clients: int, label
     )
 
 
+STALL_SECONDS = 600.0  # no job of a phase finished for this long: the store stopped writing
+
+
 def wait_jobs(
-    url: str, api_key: str, job_ids: list[str], timeout: float
+    url: str, api_key: str, job_ids: list[str], timeout: float, stall: float = STALL_SECONDS
 ) -> tuple[dict[str, dict[str, Any]], float]:
-    """Poll until every job is terminal; returns the documents and when the last was seen."""
+    """Poll until every job is terminal; returns the documents and when the last was seen.
+    Gives up (TimeoutError) after `timeout`, or once no job has finished for `stall`
+    seconds: a store that refuses every write leaves its jobs queued, and the bench must
+    report that rather than wait out the whole timeout."""
     docs: dict[str, dict[str, Any]] = {}
     pending = list(job_ids)  # in acceptance order: jobs of one dataset finish in this order
     deadline = time.monotonic() + timeout
     last_seen = time.time()
+    front = 0  # job_ids[:front] are known to be terminal
+    progress_at = next_check = time.monotonic()
     with httpx.Client(base_url=url, headers={"x-api-key": api_key}, timeout=60) as http:
 
         def poll(job_id: str) -> bool:
@@ -327,8 +379,21 @@ def wait_jobs(
 
         while pending:
             while not poll(pending[-1]):
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if now > deadline:
                     raise TimeoutError(f"{len(pending)} jobs unfinished after {timeout}s")
+                if now >= next_check:  # has the oldest unfinished job moved?
+                    next_check = now + 10
+                    moved = False
+                    while front < len(job_ids) - 1 and poll(job_ids[front]):
+                        front, moved = front + 1, True
+                    if moved:
+                        progress_at = now
+                    elif now - progress_at > stall:
+                        raise TimeoutError(
+                            f"no job finished for {stall:.0f}s, {len(job_ids) - front} of"
+                            f" {len(job_ids)} unfinished: the store stopped writing"
+                        )
                 time.sleep(0.1)
             last_seen = time.time()
             pending = [job_id for job_id in pending[:-1] if not poll(job_id)]
@@ -349,17 +414,19 @@ def run_phase(
     api_key: str,
     dataset: str,
     postgres_url: str | None = None,
+    method: str | None = None,
 ) -> PhaseResult:
-    """Push the batches, wait for their jobs. With `postgres_url`, also print what the
-    PostgreSQL server wrote meanwhile."""
+    """Push the batches with `method` (default: the phase's name), wait for their jobs.
+    With `postgres_url`, also print what the PostgreSQL server wrote meanwhile."""
     tag = f"{label} {name}"
+    method = method or name
     records = sum(rows for _, rows in batches)
     print(f"[{tag}] pushing {records:,} records in {len(batches)} pushes", flush=True)
-    result = PhaseResult(name, name, records, len(batches))
+    result = PhaseResult(name, method, records, len(batches))
     probe = LatencyProbe(url, api_key, batches[0][0])
     probe.start()
     server_before = activity(postgres_url) if postgres_url else None
-    pushes, started = push_all(url, api_key, dataset, name, batches, args.clients)
+    pushes, started = push_all(url, api_key, dataset, method, batches, args.clients)
     result.accept_seconds = time.time() - started
     result.retries_429 = sum(p.retries for p in pushes)
     refused = [p for p in pushes if p.job_id is None]
@@ -454,13 +521,18 @@ def phase_problems(result: PhaseResult, expected: dict[str, int]) -> list[str]:
     return problems
 
 
-def server_log_oddities(path: Path, limit: int = 5) -> tuple[int, list[str]]:
+LOG_ODDITIES = ("Traceback", "ERROR", "Error:", "WARNING", "CRITICAL", "Exception")
+LOG_ERRORS = ("Traceback", "ERROR", "CRITICAL")  # what "no error" at 10M rows must not meet
+
+
+def server_log_oddities(
+    path: Path, limit: int = 5, marks: tuple[str, ...] = LOG_ODDITIES
+) -> tuple[int, list[str]]:
     """Lines of the server log that look like errors or warnings: (count, first few)."""
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return 0, []
-    marks = ("Traceback", "ERROR", "Error:", "WARNING", "CRITICAL", "Exception")
     odd = [line for line in lines if any(mark in line for mark in marks)]
     return len(odd), odd[:limit]
 
@@ -494,6 +566,55 @@ def warm_up(url: str, api_key: str, workload: Workload, label: str) -> None:
             if doc.get("status") != "succeeded":
                 print(f"[{label}] warm-up {method} job {doc.get('status')}: {doc.get('error')}")
     print(f"[{label}] warmed up in {time.perf_counter() - t0:.1f}s (scratch dataset)", flush=True)
+
+
+def spread_phases(
+    label: str,
+    workload: Workload,
+    args: argparse.Namespace,
+    url: str,
+    api_key: str,
+    dataset: str,
+    pg: str | None,
+    phases: dict[str, PhaseResult],
+) -> list[str]:
+    """Phases 4 and 5, the spread upsert and delete; returns the problems found. Every
+    count is exact: the upsert's existing keys are stored, its new keys are not, and the
+    delete's keys are all stored when it runs (workload.spread_keys)."""
+    plan = workload.spread
+    assert plan is not None and workload.spread_upsert is not None
+    stored = len(workload.stored)  # rows when the spread upsert starts
+    phase = phases["spread_upsert"] = run_phase(
+        label, "spread_upsert", workload.spread_upsert, args, url, api_key, dataset, pg, "upsert"
+    )
+    problems = phase_problems(phase, {"inserted": len(plan.new), "updated": len(plan.existing)})
+    present = {plan.existing[0]: 3, plan.existing[-1]: 3, plan.new[0]: 3, plan.new[-1]: 3}
+    problems += check_dataset(url, api_key, dataset, stored + len(plan.new), present)
+    if plan.delete and workload.spread_delete:
+        phase = phases["spread_delete"] = run_phase(
+            label,
+            "spread_delete",
+            workload.spread_delete,
+            args,
+            url,
+            api_key,
+            dataset,
+            pg,
+            "delete",
+        )
+        problems += phase_problems(phase, {"deleted": len(plan.delete), "not_found": 0})
+        gone = set(plan.delete)
+        kept = [k for k in plan.existing if k not in gone][:2]
+        kept += [k for k in plan.new if k not in gone][:2]
+        problems += check_dataset(
+            url,
+            api_key,
+            dataset,
+            stored + len(plan.new) - len(plan.delete),
+            dict.fromkeys(kept, 3),
+            gone=(plan.delete[0], plan.delete[-1]),
+        )
+    return [p if p.startswith("spread") else f"spread phases: {p}" for p in problems]
 
 
 # -- one backend on one fresh server ---------------------------------------------------
@@ -555,6 +676,7 @@ def bench_backend(
             server.start(timeout=60)
         except Exception as exc:
             result.problems.append(f"server did not start: {exc}")
+            result.stopped = True
             print(f"[{label}] {result.problems[-1]}", file=sys.stderr)
             server.kill()
             if schema:
@@ -562,6 +684,16 @@ def bench_backend(
             return result
         url, api_key = server.url, server.admin_key
         print(f"[{label}] server pid {server.pid} at {url}, data dir {data_dir}", flush=True)
+
+    def measure_data() -> None:
+        """The dataset's data on disk now (datasize.py); the run keeps the largest."""
+        size = None
+        if data_dir is not None and backend == "duckdb":
+            size = duckdb_files_bytes(data_dir / "data")
+        elif schema:
+            size = postgres_table_bytes(PG_URL, schema, dataset)
+        if size is not None:
+            result.data_bytes = max(result.data_bytes or 0, size)
 
     sampler = RssSampler(server)
     sampler.start()
@@ -573,6 +705,7 @@ def bench_backend(
             )
             if response.status_code != 201:
                 result.problems.append(f"create dataset: {response.status_code} {response.text}")
+                result.stopped = True
                 print(f"[{label}] {result.problems[-1]}", file=sys.stderr)
                 return result
 
@@ -590,11 +723,13 @@ def bench_backend(
         phases["insert"] = run_phase(
             label, "insert", workload.insert, args, url, api_key, dataset, pg
         )
+        measure_data()
         problems += phase_problems(phases["insert"], {"inserted": n})
 
         phases["upsert"] = run_phase(
             label, "upsert", workload.upsert, args, url, api_key, dataset, pg
         )
+        measure_data()
         problems += phase_problems(phases["upsert"], {"inserted": new, "updated": n - new})
         problems += check_dataset(
             url,
@@ -608,6 +743,7 @@ def bench_backend(
             phases["delete"] = run_phase(
                 label, "delete", workload.delete, args, url, api_key, dataset, pg
             )
+            measure_data()
             gone = workload.deleted
             problems += phase_problems(phases["delete"], {"deleted": len(gone), "not_found": 0})
             kept = {k: 1 if k < n - n // 2 else 2 for k in (1, n - 1, n + new - 1) if k % 10}
@@ -619,6 +755,9 @@ def bench_backend(
                 kept,
                 gone=(gone[0], gone[-1]),
             )
+        if workload.spread is not None:
+            problems += spread_phases(label, workload, args, url, api_key, dataset, pg, phases)
+            measure_data()
         print(
             f"[{label}] checks: {'ok' if not problems else '; '.join(problems)}",
             flush=True,
@@ -626,6 +765,7 @@ def bench_backend(
     except Exception as exc:  # report what was measured, and go on with the next run
         traceback.print_exc()
         result.problems.append(f"aborted: {type(exc).__name__}: {exc}")
+        result.stopped = True
     finally:
         sampler.stop()
         hwm = server.peak_rss_bytes() if server else 0
@@ -633,13 +773,20 @@ def bench_backend(
             code = server.stop(timeout=60)
             print(f"[{label}] server stopped (exit code {code})")
             count, sample = server_log_oddities(server.log_path)
+            result.log_errors, _ = server_log_oddities(server.log_path, marks=LOG_ERRORS)
             if count:
                 print(f"[{label}] server log has {count} error/warning lines, e.g.:")
                 for line in sample:
                     print(f"    {line[:300]}")
         if data_dir is not None:
             store = dir_size(data_dir / "data") if (data_dir / "data").exists() else 0
-            print(f"[{label}] data dir size {store / 1e6:.0f} MB")
+            if backend == "duckdb":  # at stop: a last checkpoint may have grown the file
+                measure_data()
+            dataset_mb = f"{result.data_bytes / 1e6:,.0f} MB" if result.data_bytes else "?"
+            print(
+                f"[{label}] data dir size {store / 1e6:.0f} MB; the dataset's data, largest"
+                f" seen: {dataset_mb}"
+            )
             if not args.keep:
                 shutil.rmtree(data_dir, ignore_errors=True)
         if schema and not args.keep:
@@ -696,7 +843,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="rows stored before the phases, with keys no phase uses (make bench-large: 9M)",
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the DuckDB baseline")
-    parser.add_argument("--no-delete", action="store_true", help="skip the delete phase")
+    parser.add_argument(
+        "--no-delete", action="store_true", help="skip the delete phases (contiguous and spread)"
+    )
+    parser.add_argument(
+        "--no-spread", action="store_true", help="skip the spread phases and their reference"
+    )
+    parser.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip the no-index DuckDB reference of the spread phases",
+    )
     parser.add_argument("--no-warmup", action="store_true", help="time the phases on a cold server")
     parser.add_argument("--job-timeout", type=float, default=1800.0)
     parser.add_argument(
@@ -727,12 +884,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     runs: list[BackendRun] = []
     baseline: list[float] = []
+    references: list[ReferenceResult] = []
+    bench_problems: list[str] = []
     try:
-        workload = prepare_workload(args.rows, args.batch_bytes)
+        workload = prepare_workload(
+            args.rows, args.batch_bytes, args.preload, not args.no_delete, not args.no_spread
+        )
         ndjson = workdir / "insert.ndjson"
         if not args.no_baseline:
             size = write_ndjson(insert_keys(args.rows), 1, ndjson)
             print(f"[baseline] wrote {ndjson} ({size / 1e6:.1f} MB)", flush=True)
+        reference_base = workdir / "reference-base.duckdb"
+        if workload.spread is not None and not args.no_reference:
+            t0 = time.perf_counter()
+            build_reference_table(reference_base, workload.stored, args.rows)
+            print(
+                f"[reference] built a {len(workload.stored):,}-row table without an index in"
+                f" {time.perf_counter() - t0:.1f}s ({reference_base.stat().st_size / 1e6:,.0f}"
+                " MB; untimed)",
+                flush=True,
+            )
         pg_used = "postgres" in backends and not args.url
         for run in range(1, args.repeat + 1):
             if not args.no_baseline:
@@ -744,6 +915,23 @@ def main(argv: list[str] | None = None) -> int:
                     f"{b.rows_per_s:,.0f} rows/s (duckdb read_json -> keyed table)",
                     flush=True,
                 )
+            if reference_base.exists() and workload.spread is not None:
+                quiet_machine(pg_used)
+                try:
+                    ref = run_reference(reference_base, workload.spread, workdir)
+                except Exception as exc:  # a wrong count here is the bench's: say so, go on
+                    traceback.print_exc()
+                    bench_problems.append(f"reference #{run}: {type(exc).__name__}: {exc}")
+                else:
+                    references.append(ref)
+                    print(
+                        f"[reference #{run}] no index, 60k rows per transaction: spread upsert"
+                        f" {ref.upsert_rows:,} rows in {ref.upsert_seconds:.2f}s ="
+                        f" {ref.upsert_per_s:,.0f} rows/s, spread delete {ref.delete_rows:,}"
+                        f" in {ref.delete_seconds:.2f}s = {ref.delete_per_s:,.0f} rows/s;"
+                        f" file + wal {ref.file_bytes / 1e6:,.0f} MB",
+                        flush=True,
+                    )
             for backend in backends:
                 quiet_machine(pg_used)
                 runs.append(bench_backend(args, backend, run, workload, workdir))
@@ -754,6 +942,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     problems = [f"{r.backend} #{r.run}: {p}" for r in runs for p in r.problems]
+    problems += bench_problems
     print("\n## Details\n")
     print("\n".join(details_table(runs)))
     if problems:
@@ -765,6 +954,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.rows:,} rows per phase, ~{args.batch_bytes / 1e6:g} MB JSON pushes, "
         f"{args.clients} concurrent clients"
     )
+    if workload.spread is not None:
+        scope += (
+            f"; spread phases of {len(workload.spread.upsert):,} upserted rows"
+            f" ({len(workload.spread.existing):,} existing keys) and"
+            f" {len(workload.spread.delete):,} deleted keys against"
+            f" {len(workload.stored):,} stored rows, seed {SPREAD_SEED}"
+        )
     if args.repeat > 1:
         scope += f", medians of {args.repeat} runs" + ("" if args.url else " on fresh servers")
     if args.preload:
@@ -774,9 +970,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.quick:
         scope += " — `--quick` sanity run; the targets are for 1,000,000 rows"
+    large = args.preload + args.rows >= LARGE_ROWS
+    overrides = ", ".join(
+        args.env + ([f"PUSHBASE_WORKERS={args.workers}"] if args.workers else [])
+    ) or ("a running server's own (--url)" if args.url else "")
+    rows = spread_rows(runs, references, large, last_run_figures() if large else {})
+    table = summary_rows(runs, baseline, rows, LARGE_RSS_MB if large else PEAK_RSS_MB)
+    table += disk_and_scale_rows(runs, large, overrides)
     print("\n## Results\n")
     print(f"Workload: {scope}.\n")
-    print("\n".join(markdown_table(summary_rows(runs, baseline))))
+    print("\n".join(markdown_table(table)))
     print()
     print("\n".join(environment_lines(PG_URL if "postgres" in backends else None, load_at_start)))
     return 1 if problems else 0

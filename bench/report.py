@@ -55,6 +55,9 @@ class BackendRun:
     phases: dict[str, PhaseResult] = field(default_factory=dict)
     peak_rss: int = 0
     peak_anon: int = 0  # the RSS peak's anonymous part (RssAnon), without mapped files
+    data_bytes: int | None = None  # the dataset's data on disk (datasize.py), largest seen
+    log_errors: int = 0  # server log lines with a traceback or an error
+    stopped: bool = False  # the run ended before its last phase (a failed server or store)
     problems: list[str] = field(default_factory=list)  # lost rows, wrong counts, ...
 
     @property
@@ -222,7 +225,58 @@ ACK_P99_MS = 50.0
 PEAK_RSS_MB = 800.0  # decimal MB (10^6 bytes): the stricter reading of "800 MB"
 
 
-def summary_rows(runs: Sequence[BackendRun], baseline: Sequence[float]) -> list[Row]:
+def throughput_row(
+    runs: Sequence[BackendRun],
+    backend: str,
+    phase: str,
+    label: str,
+    judge: Callable[[float], tuple[str, bool | None]],
+    ratio: Callable[[float], str],
+) -> Row | None:
+    """One phase's rows/s over the backend's runs (median), its target and verdict, and any
+    rows lost in it. A phase that a run never reached because it stopped (a store that
+    failed, say) is a FAIL, not a missing row; one skipped on purpose (`--no-delete`) is
+    left out."""
+    mine = [r for r in runs if r.backend == backend]
+    reached = [r for r in mine if phase in r.phases]
+    stopped = [r for r in mine if phase not in r.phases and r.stopped]
+    if not reached:
+        if not stopped:
+            return None
+        target, _ = judge(math.nan)
+        return Row(label, target, "not run: the run stopped before it (see Problems)", "—", "FAIL")
+    values = [r.phases[phase].rows_per_s for r in reached]
+    value = median(values)
+    target, ok = judge(value)
+    problems = []
+    lost = sum(r.phases[phase].lost_rows for r in reached)
+    refused = sum(r.phases[phase].refused_pushes for r in reached)
+    if lost:
+        problems.append(f"{lost:,} rows failed")
+    if refused:
+        problems.append(f"{refused} push{'es' if refused > 1 else ''} refused")
+    if stopped:
+        problems.append(f"{len(stopped)} of {len(mine)} runs stopped before it")
+    if problems and ok is None:
+        ok = False
+    return Row(
+        label,
+        target,
+        fmt_rate(value) + fmt_runs(values, lambda v: f"{v:,.0f}"),
+        ratio(value),
+        verdict(ok, problems),
+    )
+
+
+def summary_rows(
+    runs: Sequence[BackendRun],
+    baseline: Sequence[float],
+    extra: Sequence[Row] = (),
+    rss_limit_mb: float = PEAK_RSS_MB,
+) -> list[Row]:
+    """The summary table: baseline, the contiguous phases, then `extra` (the spread phases
+    and their reference, spreadrows.py), the latency probe and the peak RSS, whose target
+    is `rss_limit_mb` (800 MB for 1M rows, 1 GB against a 10M-row dataset)."""
     base = median(list(baseline))
     rows = [
         Row(
@@ -240,39 +294,23 @@ def summary_rows(runs: Sequence[BackendRun], baseline: Sequence[float]) -> list[
         return f"{value / base:.2f}x baseline"
 
     for backend, phase, label, minimum, min_ratio in THROUGHPUT_ROWS:
-        mine = [r for r in runs if r.backend == backend and phase in r.phases]
-        if not mine:
-            continue
-        values = [r.phases[phase].rows_per_s for r in mine]
-        value = median(values)
-        target_parts = []
-        ok: bool | None = None
-        if minimum is not None:
-            target_parts.append(f"≥ {minimum:,} rows/s")
-            ok = value >= minimum
-        if min_ratio is not None and baseline:
-            target_parts.append(f"≥ {min_ratio}x baseline")
-            ok = bool(ok) and value >= min_ratio * base
-        elif min_ratio is not None:  # --no-baseline: only the rows/s part can be judged
-            target_parts.append(f"≥ {min_ratio}x baseline (not run: not judged)")
-        problems = []
-        lost = sum(r.phases[phase].lost_rows for r in mine)
-        refused = sum(r.phases[phase].refused_pushes for r in mine)
-        if lost:
-            problems.append(f"{lost:,} rows failed")
-        if refused:
-            problems.append(f"{refused} push{'es' if refused > 1 else ''} refused")
-        if problems and ok is None:
-            ok = False
-        rows.append(
-            Row(
-                label,
-                " and ".join(target_parts) or "— (reported)",
-                fmt_rate(value) + fmt_runs(values, lambda v: f"{v:,.0f}"),
-                ratio(value),
-                verdict(ok, problems),
-            )
-        )
+
+        def judge(value: float, minimum=minimum, min_ratio=min_ratio) -> tuple[str, bool | None]:
+            target_parts = []
+            ok: bool | None = None
+            if minimum is not None:
+                target_parts.append(f"≥ {minimum:,} rows/s")
+                ok = value >= minimum
+            if min_ratio is not None and baseline:
+                target_parts.append(f"≥ {min_ratio}x baseline")
+                ok = bool(ok) and value >= min_ratio * base
+            elif min_ratio is not None:  # --no-baseline: only the rows/s part can be judged
+                target_parts.append(f"≥ {min_ratio}x baseline (not run: not judged)")
+            return " and ".join(target_parts) or "— (reported)", ok
+
+        if row := throughput_row(runs, backend, phase, label, judge, ratio):
+            rows.append(row)
+    rows += list(extra)
 
     for backend in ("duckdb", "postgres"):
         mine = [r for r in runs if r.backend == backend]
@@ -333,12 +371,12 @@ def summary_rows(runs: Sequence[BackendRun], baseline: Sequence[float]) -> list[
         rows.append(
             Row(
                 f"server peak RSS during the {LABELS[backend]} run",
-                f"≤ {PEAK_RSS_MB:.0f} MB" if measured else "— (reported)",
+                f"≤ {rss_limit_mb:,.0f} MB" if measured else "— (reported)",
                 f"{value:,.0f} MB"
                 + fmt_runs(values, lambda v: f"{v:,.0f}")
                 + f"; anonymous memory {anon:,.0f} MB",
                 "—",
-                verdict(value <= PEAK_RSS_MB) if measured else "—",
+                verdict(value <= rss_limit_mb) if measured else "—",
             )
         )
     return rows
@@ -346,7 +384,7 @@ def summary_rows(runs: Sequence[BackendRun], baseline: Sequence[float]) -> list[
 
 def markdown_table(rows: Sequence[Row]) -> list[str]:
     lines = [
-        "| workload | target | figure | ratio to baseline | pass/fail |",
+        "| workload | target | figure | ratio to baseline / reference | pass/fail |",
         "|---|---|---|---|---|",
     ]
     lines += [f"| {r.workload} | {r.target} | {r.figure} | {r.ratio} | {r.verdict} |" for r in rows]

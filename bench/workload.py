@@ -8,7 +8,9 @@ baseline reads exactly the rows of the insert phase.
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,23 +67,35 @@ TENANTS = [f"tenant-{t:03d}" for t in range(64)]
 Batch = tuple[bytes, int]  # (JSON body, number of records in it)
 
 
+PRELOAD_FIRST_KEY = 1_000_000_000  # preloaded keys are apart from every phase's keys
+# Key numbers from here on are the spread upsert's new keys: key `NEW_KEY_BASE + b` is
+# stored key `b`'s user_id with an "n" appended, so it sorts right after `b`, and new keys
+# land all over the table's key order like the existing ones, never on a key in use.
+NEW_KEY_BASE = 10**11
+SCORE_BUMP = {1: 0.0, 2: 0.5, 3: 0.75}  # what each phase adds to a row's score
+
+
 def key_record(i: int) -> dict[str, str]:
     """The key columns of key number `i` (the body of a delete)."""
+    if i >= NEW_KEY_BASE:
+        b = i - NEW_KEY_BASE
+        return {"tenant": TENANTS[b % 64], "user_id": f"u{b:010d}n"}
     return {"tenant": TENANTS[i % 64], "user_id": f"u{i:010d}"}
 
 
 def make_row(i: int, phase: int) -> dict[str, Any]:
-    """Row for key number `i`; deterministic, and different values in phase 2."""
+    """Row for key number `i`; deterministic, and different values in phases 2 and 3 (the
+    contiguous and the spread upsert)."""
     country, city = PLACES[i % len(PLACES)]
     return {
         **key_record(i),
-        "email": f"user{i}@example.com" if phase == 1 else f"user{i}+p2@example.org",
+        "email": f"user{i}@example.com" if phase == 1 else f"user{i}+p{phase}@example.org",
         "first_name": FIRST[i % 10],
         "last_name": LAST[(i // 10) % 8],
         "country": country,
         "city": city,
         "plan": PLANS[(i + phase) % 4],
-        "score": (i * 7919 % 100_000) / 100.0 + (0.5 if phase == 2 else 0.0),
+        "score": (i * 7919 % 100_000) / 100.0 + SCORE_BUMP[phase],
         "signup_at": (
             f"20{20 + i % 5}-{1 + i % 12:02d}-{1 + (i // 12) % 28:02d}"
             f"T{(i // 7) % 24:02d}:{i % 60:02d}:{(i // 60) % 60:02d}.{i % 1000:03d}Z"
@@ -134,6 +148,71 @@ def delete_keys(total: int) -> list[int]:
     """Phase 3: every 10th of the `total` stored keys (10 % of the dataset, spread evenly
     over rows inserted, upserted and added by the upsert)."""
     return list(range(0, total, 10))
+
+
+# -- spread keys: upserts and deletes anywhere in the dataset, in random order --------------
+
+SPREAD_SEED = 21  # fixed: every backend, repeat and reference gets the same keys
+
+
+@dataclass(frozen=True)
+class StoredKeys:
+    """The dataset's keys once the contiguous phases are done, as a sequence (index -> key
+    number): the preloaded keys, then keys 0 .. contiguous - 1 less every 10th of them when
+    the contiguous delete ran."""
+
+    preload: int
+    contiguous: int  # the insert and the contiguous upsert wrote keys 0 .. contiguous - 1
+    every_10th_deleted: bool
+
+    @property
+    def kept_contiguous(self) -> int:
+        gone = len(range(0, self.contiguous, 10)) if self.every_10th_deleted else 0
+        return self.contiguous - gone
+
+    def __len__(self) -> int:
+        return self.preload + self.kept_contiguous
+
+    def __getitem__(self, index: int) -> int:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        if index < self.preload:
+            return PRELOAD_FIRST_KEY + index
+        j = index - self.preload
+        # kept keys are those not divisible by 10: nine of every ten, from 1
+        return (j // 9) * 10 + 1 + j % 9 if self.every_10th_deleted else j
+
+
+@dataclass(frozen=True)
+class SpreadPlan:
+    existing: list[int]  # stored keys the spread upsert changes
+    new: list[int]  # keys it adds (NEW_KEY_BASE + a stored key: next to it in key order)
+    upsert: list[int]  # existing + new, shuffled: the upsert's records in push order
+    delete: list[int]  # keys stored after the upsert, the spread delete's records
+
+
+def spread_keys(
+    stored: StoredKeys, upsert_rows: int, delete_rows: int, seed: int = SPREAD_SEED
+) -> SpreadPlan:
+    """Seeded uniform draws over the whole dataset. The upsert's existing keys and the bases
+    of its new keys are distinct stored keys; the delete draws distinct keys among those
+    stored after the upsert (untouched, changed or new alike), so every key it names exists
+    and the expected stats and row counts are exact."""
+    existing_count = upsert_rows // 2
+    new_count = upsert_rows - existing_count
+    if upsert_rows > len(stored) or delete_rows > len(stored) + new_count:
+        raise ValueError(f"spread phases of {upsert_rows}/{delete_rows} rows need more rows")
+    rng = random.Random(seed)
+    drawn = rng.sample(range(len(stored)), upsert_rows)
+    existing = [stored[i] for i in drawn[:existing_count]]
+    new = [NEW_KEY_BASE + stored[i] for i in drawn[existing_count:]]
+    upsert = existing + new
+    rng.shuffle(upsert)
+    delete = [
+        stored[i] if i < len(stored) else new[i - len(stored)]
+        for i in rng.sample(range(len(stored) + new_count), delete_rows)
+    ]
+    return SpreadPlan(existing, new, upsert, delete)
 
 
 def write_ndjson(keys: Iterable[int], phase: int, path: Path, chunk: int = 50_000) -> int:
