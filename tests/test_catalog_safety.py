@@ -26,7 +26,7 @@ from conftest import (
 )
 from pushbase.jobs.model import JobStatus
 from pushbase.schema import Column
-from pushbase.storage.postgres import MIGRATIONS, legacy_name
+from pushbase.storage.postgres import KEYED_FILLFACTOR, MIGRATIONS, legacy_name
 
 
 def store_of(client: TestClient) -> Any:
@@ -134,6 +134,13 @@ def test_a_store_of_the_previous_release_is_migrated_and_its_datasets_work(tmp_p
                 d["id"]: d["row_count"] for d in client.get("/v1/datasets").json()["datasets"]
             }
             assert listed == {"short": 1, long_id: 1}
+            with psycopg.connect(PG_URL) as conn:  # keyed tables leave room for updates
+                options = conn.execute(
+                    "SELECT c.reloptions FROM pg_class c JOIN pg_namespace n"
+                    " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = 'ds_short'",
+                    [schema],
+                ).fetchone()[0]
+            assert options == [f"fillfactor={KEYED_FILLFACTOR}"]
             assert rows_of(client, long_id) == [{"id": 1, long_column: None}]
             push(client, long_id, [{"id": 1, long_column: "kept"}, {"id": 2}])
             assert rows_of(client, long_id) == [{"id": 1, long_column: "kept"},

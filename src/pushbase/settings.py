@@ -47,8 +47,8 @@ class Settings(BaseSettings):
     duckdb_memory_mb: int = Field(
         256,
         ge=64,
-        description="embedded store: DuckDB's memory limit, raised to the key indexes"
-        " plus 128 MB as they grow",
+        description="embedded store: DuckDB's memory limit (dataset tables have no index:"
+        " it does not grow with the data)",
     )
     duckdb_memory_max_mb: int | None = Field(
         None,

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,7 @@ SQL_TYPES = {
     ColumnType.json: "VARCHAR",  # JSON text; the catalog knows it is json
 }
 
-MIGRATIONS: list[list[str]] = [
+MIGRATIONS: list[list[str] | Callable[[duckdb.DuckDBPyConnection], None]] = [
     [
         "CREATE TABLE _pb_meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
         "CREATE TABLE _pb_datasets (id VARCHAR PRIMARY KEY, doc VARCHAR NOT NULL)",
@@ -84,6 +84,8 @@ MIGRATIONS: list[list[str]] = [
         " dataset_id VARCHAR NOT NULL, status VARCHAR NOT NULL, idempotency_key VARCHAR,"
         " created_at TIMESTAMP NOT NULL, bytes BIGINT NOT NULL, doc VARCHAR NOT NULL)",
     ],
+    # Functions run their own transactions; the version is recorded once they are done.
+    lambda cur: _rebuild_keyed_tables(cur),  # 2: no primary-key index (defined below)
 ]
 
 
@@ -98,13 +100,87 @@ def _busy(dataset_id: str) -> PushbaseError:
     )
 
 
-def column_ddl(column: Column, key: bool = False) -> str:
+def column_ddl(column: Column) -> str:
     ddl = f"{quote(column.name)} {SQL_TYPES[column.type]}"
-    if key:
-        # A row deleted or replaced leaves the index when its key is read back, one row at
-        # a time: from a compressed segment that costs ~17 µs a row, uncompressed ~2 µs.
-        ddl += " USING COMPRESSION uncompressed"
     return ddl if column.nullable else f"{ddl} NOT NULL"
+
+
+# Keyed tables have no primary key (an ART index costs ~105 MB of RAM per 1M keys and
+# makes a spread upsert cost what the table costs, DESIGN §7): uniqueness comes from the
+# writes, one group at a time per dataset (one process, the runner's busy datasets).
+# Stored rows are found by this hidden column, the hash of the key: a join on one
+# integer column reads ~5x less than on the key columns, then rows are fetched by rowid
+# and compared on the key itself. 32 bits: half the bytes of DuckDB's 64-bit hash (~40 MB
+# less per 10M rows) for a few hundred false candidates per 150k-row write at 10M rows,
+# which the comparison on the key drops. No dataset column can be named so: column
+# names may not hold control characters (schema.py).
+KEY_HASH = "_pb_key_hash\x1f"
+KEY_HASH_TYPE = "UINTEGER"
+
+
+def hash_of(values: list[tuple[str, ColumnType]]) -> str:
+    """The SQL of the key hash of (expression, type) pairs; cast to the stored types, so
+    a staged value hashes as the stored one."""
+    parts = [f"CAST({value} AS {SQL_TYPES[kind]})" for value, kind in values]
+    return f"(hash({', '.join(parts)}) >> 32)::{KEY_HASH_TYPE}"
+
+
+def key_hash(dataset: Dataset, columns: dict[str, str]) -> str:
+    """The key hash of a row whose key columns are the expressions `columns[key]`."""
+    types = {c.name: c.type for c in dataset.columns}
+    return hash_of([(columns[k], types[k]) for k in dataset.unique_key])
+
+
+# The key hash of a value of each key type, and of a composite key: a DuckDB (or a
+# pushbase) that hashes otherwise must rehash the stored keys before its first write
+# (`DuckDBStore._check_hash`), or it would miss them and store a key twice.
+_SAMPLES = [
+    ("'pushbase'", ColumnType.string),
+    ("-7", ColumnType.integer),
+    ("1.5", ColumnType.number),
+    ("true", ColumnType.boolean),
+    ("DATE '2024-02-29'", ColumnType.date),
+    ("TIMESTAMP '2024-02-29 12:34:56.789012'", ColumnType.datetime),
+]
+HASH_FINGERPRINT = (
+    f"SELECT concat_ws(',', {', '.join(hash_of([s]) for s in _SAMPLES)}, {hash_of(_SAMPLES)})"
+)
+
+
+def _rebuild_keyed_tables(cur: duckdb.DuckDBPyConnection) -> None:
+    """Schema 2: keyed tables of earlier releases, with a PRIMARY KEY, become tables
+    without an index and with the key hash; one transaction per table, every row kept.
+    A table that has the hash already (a migration cut short) is left as it is."""
+    for (doc,) in cur.execute("SELECT doc FROM _pb_datasets ORDER BY id").fetchall():
+        dataset = Dataset.model_validate_json(doc)
+        name = f"ds_{dataset.id}"
+        stored = cur.execute(
+            "SELECT column_name, data_type, is_nullable FROM duckdb_columns()"
+            " WHERE database_name = current_database() AND schema_name = 'main'"
+            " AND table_name = ? ORDER BY column_index",
+            [name],
+        ).fetchall()
+        names = [column for column, _, _ in stored]
+        if not dataset.unique_key or not stored or KEY_HASH in names:
+            continue
+        # The stored types and nullability, not the catalog's: a column added later is
+        # nullable in storage whatever its document says.
+        ddl = [
+            f"{quote(column)} {kind}{'' if nullable else ' NOT NULL'}"
+            for column, kind, nullable in stored
+        ]
+        new = quote(f"_pb_rebuild_{dataset.id}")
+        listed = ", ".join(quote(column) for column in names)
+        cur.execute("BEGIN")
+        ddl.append(f"{quote(KEY_HASH)} {KEY_HASH_TYPE} NOT NULL")
+        cur.execute(f"CREATE TABLE {new} ({', '.join(ddl)})")
+        hashed = key_hash(dataset, {k: quote(k) for k in dataset.unique_key})
+        cur.execute(f"INSERT INTO {new} SELECT {listed}, {hashed} FROM {quote(name)}")
+        cur.execute(f"DROP TABLE {quote(name)}")
+        cur.execute(f"ALTER TABLE {new} RENAME TO {quote(name)}")
+        cur.execute("COMMIT")
+        log.info("dataset %r: table rebuilt without its primary-key index", dataset.id)
+    cur.execute(f"INSERT OR REPLACE INTO _pb_meta VALUES ('key_hash', ({HASH_FINGERPRINT}))")
 
 
 def _naive(stamp: datetime) -> datetime:
@@ -153,12 +229,17 @@ class DuckDBStore(Store):
             row = cur.execute("SELECT max(version) FROM _pb_version").fetchone()
             current = row[0] or 0
             refuse_newer_schema(current, len(MIGRATIONS))
-            for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
+            if current < len(MIGRATIONS):  # old key indexes are loaded to be dropped
+                self.memory.before_write(cur, refuse=False)
+            for version, step in enumerate(MIGRATIONS[current:], start=current + 1):
+                if callable(step):
+                    step(cur)
                 cur.execute("BEGIN")
-                for statement in statements:
+                for statement in step if isinstance(step, list) else []:
                     cur.execute(statement)
                 cur.execute("INSERT INTO _pb_version VALUES (?)", [version])
                 cur.execute("COMMIT")
+            self._check_hash(cur)
             self._load_catalog(cur)
             recorded = {r[0] for r in cur.execute("SELECT id FROM _pb_jobs").fetchall()}
             self._seq = cur.execute("SELECT coalesce(max(seq), 0) FROM _pb_jobs").fetchone()[0]
@@ -179,6 +260,23 @@ class DuckDBStore(Store):
         self._register()
         self._drop_orphan_payloads()
         self._registrar.start()
+
+    def _check_hash(self, cur: duckdb.DuckDBPyConnection) -> None:
+        """Keyed rows are found by DuckDB's hash of their key: if this DuckDB hashes
+        otherwise than the one that stored them, every stored hash is computed again
+        (one transaction per table; the new fingerprint is saved once all are done)."""
+        ((fingerprint,),) = cur.execute(HASH_FINGERPRINT).fetchall()
+        row = cur.execute("SELECT value FROM _pb_meta WHERE key = 'key_hash'").fetchone()
+        if row is not None and row[0] == fingerprint:
+            return
+        if row is not None:
+            log.warning("this DuckDB hashes keys differently: rehashing every keyed table")
+            for (doc,) in cur.execute("SELECT doc FROM _pb_datasets").fetchall():
+                dataset = Dataset.model_validate_json(doc)
+                if dataset.unique_key:
+                    hashed = key_hash(dataset, {k: quote(k) for k in dataset.unique_key})
+                    cur.execute(f"UPDATE {table_name(dataset.id)} SET {quote(KEY_HASH)} = {hashed}")
+        cur.execute("INSERT OR REPLACE INTO _pb_meta VALUES ('key_hash', ?)", [fingerprint])
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         path = str(self.settings.duckdb_path)
@@ -349,9 +447,9 @@ class DuckDBStore(Store):
     # waiting: a PATCH or drop that meets a write's uncommitted change answers 409
     # `dataset_busy`; a write that meets a committed PATCH or drop runs again or fails.
     def create_dataset(self, dataset: Dataset) -> None:
-        columns = ", ".join(column_ddl(c, c.name in dataset.unique_key) for c in dataset.columns)
-        if dataset.unique_key:
-            columns += f", PRIMARY KEY ({', '.join(quote(k) for k in dataset.unique_key)})"
+        columns = ", ".join(column_ddl(c) for c in dataset.columns)
+        if dataset.unique_key:  # no index: see KEY_HASH
+            columns += f", {quote(KEY_HASH)} {KEY_HASH_TYPE} NOT NULL"
         with self._catalog_lock:
             try:
                 with self._transaction() as cur:
@@ -628,7 +726,11 @@ class DuckDBStore(Store):
             with self._cursor() as cur:
                 row = cur.execute("SELECT doc FROM _pb_jobs WHERE id = ?", [job_id]).fetchone()
             job = Job.model_validate_json(row[0]) if row else None
-        if job is not None and job.status is JobStatus.running and job.id in self._phases:
+        if job is not None and job.id in self._phases:
+            # Still this process's to finish: its write may have committed, but what comes
+            # after (the catalog in memory taking columns the write added) has not, and a
+            # client that sees the job end must see all of it.
+            job.status, job.finished_at = JobStatus.running, None
             job.phase, job.progress = self._phases[job.id]
         return job
 
@@ -880,6 +982,107 @@ class DuckDBWriter(SqlWriter):
     ) -> None:
         super().__init__(dataset, works, table_name(dataset.id), optimistic)
         self.cur = cur
+        self.found: str | None = None  # the temporary table of stored rows, once gathered
+
+    # Keys without an index (see KEY_HASH): the stored rows of the staged keys are
+    # gathered once per write, by a join on the key hash alone (the table's other columns
+    # are not read), then fetched by rowid; joins on the key itself then run between
+    # temporary tables the size of the batch, and stored rows are deleted by rowid.
+    def stored_rows(self, columns: Iterable[str] = ()) -> str:
+        if self.found is None:
+            keys = self.dataset.unique_key
+            names = [*keys, *(c for c in columns if c not in keys)]
+            staged_hash = key_hash(self.dataset, {k: f"s.c{self.positions[k]}" for k in keys})
+            candidates = f"cnd_{self.tag}"
+            self.execute(
+                f"CREATE TEMP TABLE {candidates} AS SELECT t.rowid AS _rid FROM {self.table} t"
+                f" SEMI JOIN {self.stg} s ON t.{quote(KEY_HASH)} = {staged_hash}"
+            )
+            self.found = f"fnd_{self.tag}"
+            self.execute(
+                f"CREATE TEMP TABLE {self.found} AS SELECT rowid AS _rid,"
+                f" {', '.join(quote(n) for n in names)} FROM {self.table}"
+                f" WHERE rowid IN (SELECT _rid FROM {candidates})"
+            )
+        return self.found
+
+    def delete_stored(self, keys: str) -> None:
+        self._delete_found(keys, {k: f"c{self.positions[k]}" for k in self.dataset.unique_key})
+
+    def _delete_found(self, keys: str, names: dict[str, str]) -> None:
+        """Delete the gathered rows whose key is in `keys` (key columns `names[key]`)."""
+        on = " AND ".join(f"f.{quote(k)} = s.{names[k]}" for k in self.dataset.unique_key)
+        self.execute(
+            f"DELETE FROM {self.table} WHERE rowid IN"
+            f" (SELECT f._rid FROM {self.stored_rows()} f SEMI JOIN {keys} s ON {on})"
+        )
+
+    def _write_merged(self, any_existing: bool) -> None:
+        """Stored rows of the merged keys out, the merged rows in: the merged rows hold
+        every final value, and nothing here reads more than the batch's rows."""
+        merged_as = self._merged_names()
+        if any_existing:
+            self._delete_found(f"(SELECT * FROM {self.mrg} WHERE _existed)", merged_as)
+        columns = ", ".join(self.ident(c.name) for c in self.dataset.columns)
+        hashed = key_hash(self.dataset, merged_as)
+        self.execute(
+            f"INSERT INTO {self.table} ({columns}, {quote(KEY_HASH)})"
+            f" SELECT {', '.join(merged_as.values())}, {hashed} FROM {self.mrg} WHERE NOT _bad"
+        )
+
+    def _staged_columns(self) -> tuple[str, str]:
+        target, source = super()._staged_columns()
+        if not self.dataset.unique_key:
+            return target, source
+        hashed = key_hash(self.dataset, {k: f"c{self.positions[k]}" for k in self.positions})
+        return f"{target}, {quote(KEY_HASH)}", f"{source}, {hashed}"
+
+    def _insert_unchecked(self, staged: pa.Table) -> None:
+        """Optimistic insert: with no index to refuse a stored or repeated key, look for
+        them first (the key hash only: cheap), and write the careful way if there are."""
+        if self.dataset.unique_key and self._may_conflict(staged):
+            self.stage(staged)
+            try:
+                self._insert()
+            finally:
+                self.unstage()
+            return
+        super()._insert_unchecked(staged)
+
+    def _may_conflict(self, staged: pa.Table) -> bool:
+        """Whether a key repeats in the batch or is stored. Stored keys are compared on
+        the key itself: the rows whose hash matches (a few hundred false ones per 150k
+        keys at 10M rows) are fetched by rowid first."""
+        keys = [f"c{self.positions[k]}" for k in self.dataset.unique_key]
+        hashed = key_hash(self.dataset, {k: f"s.c{self.positions[k]}" for k in self.positions})
+        candidates = f"cnd_{self.tag}"
+        with self._registered(staged.select(keys)) as source:
+            ((repeated,),) = self.fetch(
+                f"SELECT EXISTS (SELECT 1 FROM {source} GROUP BY {', '.join(keys)}"
+                " HAVING count(*) > 1)"
+            )
+            if repeated:
+                return True
+            self.execute(
+                f"CREATE TEMP TABLE {candidates} AS SELECT t.rowid AS _rid FROM {self.table} t"
+                f" SEMI JOIN {source} s ON t.{quote(KEY_HASH)} = {hashed}"
+            )
+            try:
+                ((stored,),) = self.fetch(
+                    f"SELECT EXISTS (SELECT 1 FROM (SELECT"
+                    f" {', '.join(quote(k) for k in self.dataset.unique_key)} FROM {self.table}"
+                    f" WHERE rowid IN (SELECT _rid FROM {candidates})) f"
+                    f" SEMI JOIN {source} s ON {self._join('f', 's')})"
+                )
+            finally:
+                self.execute(f"DROP TABLE {candidates}")
+        return bool(stored)
+
+    def unstage(self) -> None:
+        super().unstage()
+        self.execute(f"DROP TABLE IF EXISTS cnd_{self.tag}")
+        self.execute(f"DROP TABLE IF EXISTS fnd_{self.tag}")
+        self.found = None
 
     def ident(self, column: str) -> str:
         return quote(column)
@@ -908,8 +1111,14 @@ class DuckDBWriter(SqlWriter):
     def insert_rows(self, staged: pa.Table, target: list[str]) -> None:
         # One plain INSERT reads the rows once: DuckDB scans the Arrow table where it is.
         columns = ", ".join(self.ident(name) for name in target)
+        select = "*"
+        if self.dataset.unique_key:
+            columns += f", {quote(KEY_HASH)}"
+            select += ", " + key_hash(
+                self.dataset, {k: f"c{self.positions[k]}" for k in self.positions}
+            )
         with self._registered(staged) as source:
-            self.execute(f"INSERT INTO {self.table} ({columns}) SELECT * FROM {source}")
+            self.execute(f"INSERT INTO {self.table} ({columns}) SELECT {select} FROM {source}")
 
     @contextlib.contextmanager
     def _registered(self, table: pa.Table) -> Iterator[str]:

@@ -1,14 +1,14 @@
-"""DuckDB's memory limit, kept above the key indexes it must hold (embedded store), and
+"""DuckDB's memory limit, kept above the indexes it must hold (embedded store), and
 which of DuckDB's errors may pass (memory, disk, a database to reopen).
 
 DuckDB holds every primary-key index (ART) in memory, counts it against its memory
-limit and cannot evict it: a dataset of 10M two-part string keys holds about 1 GB of
-index. Under a fixed limit, writes start failing once the indexes fill it, and a
-write that fails in its COMMIT does lasting harm: DuckDB 2.0.0 rolls its rows back
-but leaves their keys in the index, so those keys are refused as duplicates from
-then on, across restarts (reproduced outside pushbase).
+limit and cannot evict it: a dataset of 10M two-part string keys held about 1 GB of
+index. Dataset tables have no index since schema 2 (see `duckdb.KEY_HASH`): only the
+catalog's small ones are left, so the limit stays at its floor however large the
+datasets grow, and their data is paged like any table's. An index still counts when
+a store of an earlier release is opened, until its migration drops it.
 
-So before each write the limit is raised to the indexes plus a working reserve, and
+Before each write the limit is raised to the indexes plus a working reserve, and
 when that would pass the ceiling the write is refused before it starts
 (`store_out_of_memory`): its jobs wait in the queue, nothing is lost or harmed.
 """
@@ -27,8 +27,8 @@ from pushbase.settings import MIB
 
 log = logging.getLogger("pushbase.store")
 
-# What a write needs beyond the indexes: the staged and merged rows of a 32 MiB group,
-# the index's own growth (~15 MB per 150k new keys) and DuckDB's buffers meanwhile.
+# What a write needs beyond the indexes: the staged, gathered and merged rows of a
+# 32 MiB group and DuckDB's buffers meanwhile.
 WRITE_RESERVE_MB = 128
 # The limit moves in steps of this much, not on every write.
 STEP_MB = 32
@@ -73,11 +73,12 @@ class MemoryLimit:
     def open(self, db: duckdb.DuckDBPyConnection) -> None:
         self._set(db, self.floor_mb)
 
-    def before_write(self, db: duckdb.DuckDBPyConnection) -> None:
-        """Make room for a write, or refuse it while the store cannot hold it."""
+    def before_write(self, db: duckdb.DuckDBPyConnection, refuse: bool = True) -> None:
+        """Make room for a write, or refuse it while the store cannot hold it; with
+        `refuse` False (a migration dropping old indexes) take the ceiling instead."""
         index_mb = -(-db.execute(INDEX_BYTES).fetchall()[0][0] // MIB)
         needed = index_mb + WRITE_RESERVE_MB
-        if needed > self.ceiling_mb:
+        if needed > self.ceiling_mb and refuse:
             raise StoreUnavailable(
                 "store_out_of_memory",
                 f"the embedded store's key indexes hold {index_mb} MB; with what a write"

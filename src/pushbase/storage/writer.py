@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -63,7 +63,8 @@ class SqlWriter(ABC):
         self.table = table
         # Optimistic: inserts are written without looking for existing or repeated keys
         # first; the primary key refuses the statement if there are any, the backend raises
-        # KeyConflict and the store writes the jobs again with `optimistic=False`.
+        # KeyConflict and the store writes the jobs again with `optimistic=False`. (A
+        # backend without a key index looks for them first, by a cheaper way: DuckDB.)
         self.optimistic = optimistic
         self.tag = secrets.token_hex(6)
         self.stg = f"stg_{self.tag}"
@@ -136,6 +137,16 @@ class SqlWriter(ABC):
     def prepare(self, staged: pa.Table) -> pa.Table:
         """A backend's last look at the rows: it may drop some into `self.rejected`."""
         return staged
+
+    def stored_rows(self, columns: Iterable[str] = ()) -> str:
+        """A relation holding every stored row whose key is staged in `self.stg` (with the
+        key columns and `columns`), for a join on the key. The table itself where an index
+        finds them; a backend without one may gather them first."""
+        return self.table
+
+    def delete_stored(self, keys: str) -> None:
+        """Delete the stored rows whose keys are in `keys` (staged key columns c<p>)."""
+        self.execute(f"DELETE FROM {self.table} t USING {keys} s WHERE {self._join('t', 's')}")
 
     # the write ---------------------------------------------------------------
     def run(self, method: WriteMethod) -> list[tuple[JobStats, list[RowError]]]:
@@ -261,7 +272,8 @@ class SqlWriter(ABC):
 
     def _insert(self) -> None:
         """A key already stored, or seen earlier in the group, fails its row."""
-        exists = f"EXISTS (SELECT 1 FROM {self.table} t WHERE {self._join('t', 's')})"
+        stored = self.stored_rows()
+        exists = f"EXISTS (SELECT 1 FROM {stored} t WHERE {self._join('t', 's')})"
         self.execute(
             f"CREATE TEMP TABLE {self.mrg} AS SELECT s.*, {exists} AS _stored FROM {self.stg} s"
         )
@@ -330,7 +342,11 @@ class SqlWriter(ABC):
                 selected.append(f"CASE WHEN m.p{p} THEN m.c{p} ELSE {stored} END AS {d}")
         first_key = self.ident(self.dataset.unique_key[0])
         existed = f"t.{first_key} IS NOT NULL" if against_stored else "false"
-        join = f"LEFT JOIN {self.table} t ON {self._join('t', 'm')}" if against_stored else ""
+        join = ""
+        if against_stored:
+            kept = [n for n in self.masked if n not in keys]  # absent fields keep these
+            kept += [c.name for c in self.dataset.columns if c.name not in self.positions]
+            join = f"LEFT JOIN {self.stored_rows(kept)} t ON {self._join('t', 'm')}"
         required = [c for c in self.dataset.columns if not c.nullable and c.name not in keys]
         missing = " OR ".join(f"{merged_as[c.name]} IS NULL" for c in required) or "false"
         merged = (
@@ -373,7 +389,7 @@ class SqlWriter(ABC):
         firsts = f"SELECT {self._keys()}, min(o) AS _first FROM {self.stg} GROUP BY {self._keys()}"
         self.execute(
             f"CREATE TEMP TABLE {self.mrg} AS SELECT f.* FROM ({firsts}) f"
-            f" WHERE EXISTS (SELECT 1 FROM {self.table} t WHERE {self._join('t', 'f')})"
+            f" WHERE EXISTS (SELECT 1 FROM {self.stored_rows()} t WHERE {self._join('t', 'f')})"
         )
         same = " AND ".join(f"s.c{p} = d.c{p}" for k, p in self.positions.items()
                             if k in self.dataset.unique_key)  # fmt: skip
@@ -382,7 +398,7 @@ class SqlWriter(ABC):
             f" LEFT JOIN {self.mrg} d ON {same} AND s.o = d._first GROUP BY s.j"
         ):
             self.stats[j].deleted, self.stats[j].not_found = int(deleted), int(received - deleted)
-        self.execute(f"DELETE FROM {self.table} t USING {self.mrg} s WHERE {self._join('t', 's')}")
+        self.delete_stored(self.mrg)
 
 
 def apply_optimistically(works: list[Work], apply: Callable[[bool], list[Job]]) -> list[Job]:
