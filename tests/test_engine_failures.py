@@ -20,7 +20,7 @@ import pytest
 
 from conftest import create_dataset, finished_job, make_client, push, rows_of
 from pushbase.errors import InsufficientStorage
-from pushbase.storage.duckdb_memory import engine_failure, needs_reopening
+from pushbase.storage.duckdb.memory import engine_failure, needs_reopening
 from test_disk_full import fill, small_disk  # noqa: F401 (a fixture)
 
 COLUMNS = [{"name": "id", "type": "integer"}, {"name": "s", "type": "string"}]

@@ -6,7 +6,7 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from pydantic import BaseModel, Field, field_validator
@@ -134,6 +134,15 @@ class Job(BaseModel):
         return doc
 
 
+class ErrorLimits(Protocol):
+    """What a job document may hold of its row errors: `Settings` has these, as does
+    `RowErrorLimits`."""
+
+    max_row_errors: int
+    max_row_errors_text: int
+    max_job_document_bytes: int
+
+
 class RowErrorLimits(BaseModel):
     """What a job document may hold of its row errors (the settings of the same names)."""
 
@@ -142,13 +151,12 @@ class RowErrorLimits(BaseModel):
     max_job_document_bytes: int = 256 * 1024
 
 
-def record_row_errors(job: Job, errors: list[RowError], limits: Any) -> None:
+def record_row_errors(job: Job, errors: list[RowError], limits: ErrorLimits) -> None:
     """Keep a job's row errors as its document shows them: at most `max_row_errors`, each
     cut to `max_row_errors_text`, and no more than fit `max_job_document_bytes` with the
     rest of the document; `errors_total` and `stats.failed` still count every one.
 
-    `limits` is anything with those three attributes (Settings, RowErrorLimits); both
-    stores call this, for succeeded and failed jobs alike.
+    Both stores call this, for succeeded and failed jobs alike.
     """
     text = limits.max_row_errors_text
     kept = [e.to_dict(text) for e in errors[: limits.max_row_errors]]

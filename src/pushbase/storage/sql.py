@@ -8,10 +8,6 @@ def quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def table_name(dataset_id: str) -> str:
-    return quote(f"ds_{dataset_id}")
-
-
 def job_filter(
     dataset_id: str | None,
     status: str | None,

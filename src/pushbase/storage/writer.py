@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from pushbase.decode import DecodedBatch, RowError
 from pushbase.decode.coerce import ARROW_TYPES
-from pushbase.jobs.model import Job, JobStats, JobStatus, RowErrorLimits, record_row_errors
+from pushbase.jobs.model import ErrorLimits, Job, JobStats, JobStatus, record_row_errors
 from pushbase.schema import Column, Dataset, WriteMethod
 
 JOB_SHIFT = 32  # o = j << 32 | r: one order over all rows of a group
@@ -413,15 +413,9 @@ def apply_optimistically(works: list[Work], apply: Callable[[bool], list[Job]]) 
     return apply(False)
 
 
-def settle(writer: SqlWriter, method: WriteMethod, limits: int | Any) -> list[Job]:
+def settle(writer: SqlWriter, method: WriteMethod, limits: ErrorLimits) -> list[Job]:
     """Run the write and record each job's outcome on it; AtomicViolation rolls back.
-
-    `limits`: the store's Settings (or a RowErrorLimits): how many row errors a job
-    keeps, how long their text, how large its document (`record_row_errors`). A bare
-    int is the old `max_row_errors` alone, the other limits at their defaults.
-    """
-    if isinstance(limits, int):
-        limits = RowErrorLimits(max_row_errors=limits)
+    `limits` (the store's Settings): what each job keeps of its row errors."""
     outcomes = writer.run(method)
     finished = datetime.now(UTC)  # the rows are written: only the commit is left
     jobs = []

@@ -3,7 +3,7 @@ which of DuckDB's errors may pass (memory, disk, a database to reopen).
 
 DuckDB holds every primary-key index (ART) in memory, counts it against its memory
 limit and cannot evict it: a dataset of 10M two-part string keys held about 1 GB of
-index. Dataset tables have no index since schema 2 (see `duckdb.KEY_HASH`): only the
+index. Dataset tables have no index since schema 2 (see `ddl.KEY_HASH`): only the
 catalog's small ones are left, so the limit stays at its floor however large the
 datasets grow, and their data is paged like any table's. An index still counts when
 a store of an earlier release is opened, until its migration drops it.
