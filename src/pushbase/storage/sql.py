@@ -31,3 +31,19 @@ def job_filter(
             clauses.append(clause)
             params.append(value)
     return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
+def purge_jobs(param: str) -> str:
+    """Forget finished jobs accepted before a time (one parameter)."""
+    return (
+        "DELETE FROM _pb_jobs WHERE status IN ('succeeded', 'failed', 'cancelled')"
+        f" AND created_at < {param}"
+    )
+
+
+def queued_after(param: str) -> str:
+    """A dataset's queued jobs after a sequence number, oldest first (dataset, seq, limit)."""
+    return (
+        f"SELECT doc FROM _pb_jobs WHERE dataset_id = {param} AND status = 'queued'"
+        f" AND seq > {param} ORDER BY seq LIMIT {param}"
+    )

@@ -30,6 +30,7 @@ from pushbase.jobs.model import (
 from pushbase.payload import Payload
 from pushbase.priority import lower_this_thread
 from pushbase.settings import Settings
+from pushbase.storage import sql
 from pushbase.storage.base import GroupRule
 from pushbase.storage.duckdb.ddl import naive
 from pushbase.storage.duckdb.inbox import Inbox
@@ -315,19 +316,11 @@ class QueuePart:
             datetime.now(UTC) - timedelta(seconds=self.settings.idempotency_window_seconds)
         )
         with self._cursor() as cur:
-            return cur.execute(
-                "DELETE FROM _pb_jobs WHERE status IN ('succeeded', 'failed', 'cancelled')"
-                " AND created_at < ?",
-                [naive(before)],
-            ).fetchone()[0]
+            return cur.execute(sql.purge_jobs("?"), [naive(before)]).fetchone()[0]
 
     def queued_after(self, dataset_id: str, after_seq: int, limit: int) -> list[Job]:
         with self._cursor() as cur:
-            rows = cur.execute(
-                "SELECT doc FROM _pb_jobs WHERE dataset_id = ? AND status = 'queued'"
-                " AND seq > ? ORDER BY seq LIMIT ?",
-                [dataset_id, after_seq, limit],
-            ).fetchall()
+            rows = cur.execute(sql.queued_after("?"), [dataset_id, after_seq, limit]).fetchall()
         return [Job.model_validate_json(r[0]) for r in rows]
 
     def release(self, job_id: str) -> None:

@@ -37,6 +37,7 @@ from pushbase.jobs.model import (
 )
 from pushbase.payload import Payload
 from pushbase.settings import Settings
+from pushbase.storage import sql
 from pushbase.storage.base import GroupRule
 from pushbase.storage.postgres.compression import StoredPayload, pack, unpack
 from pushbase.storage.postgres.copies import PayloadCopies
@@ -214,11 +215,7 @@ class QueuePart:
 
     def queued_after(self, dataset_id: str, after_seq: int, limit: int) -> list[Job]:
         with self._conn() as conn:
-            rows = conn.execute(
-                "SELECT doc FROM _pb_jobs WHERE dataset_id = %s AND status = 'queued'"
-                " AND seq > %s ORDER BY seq LIMIT %s",
-                [dataset_id, after_seq, limit],
-            ).fetchall()
+            rows = conn.execute(sql.queued_after("%s"), [dataset_id, after_seq, limit]).fetchall()
         return [Job.model_validate_json(r[0]) for r in rows]
 
     def release(self, job_id: str) -> None:
@@ -318,11 +315,7 @@ class QueuePart:
 
     def purge(self, before: datetime) -> int:
         with self._conn() as conn, conn.transaction():
-            return conn.execute(
-                "DELETE FROM _pb_jobs WHERE status IN ('succeeded', 'failed', 'cancelled')"
-                " AND created_at < %s",
-                [before],
-            ).rowcount
+            return conn.execute(sql.purge_jobs("%s"), [before]).rowcount
 
     def pending_bytes(self) -> int:
         return self.queue.value()
